@@ -1,0 +1,132 @@
+"""``flexprice-beam``: run the collector, lint a config, start the local Flexprice stand-in.
+
+    flexprice-beam run -c examples/generate.yaml [-- --runner=FlinkRunner …]
+    flexprice-beam lint -c my.yaml
+    flexprice-beam mock-server --port 18080
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from flexprice_beam import __version__
+from flexprice_beam.config import CollectorConfig, ConfigError, load_config
+from flexprice_beam.logs import setup_logging
+
+log = logging.getLogger("flexprice_beam")
+
+
+def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def _load(path: str) -> CollectorConfig:
+    cfg = load_config(path)
+    _check_mapping(cfg)
+    return cfg
+
+
+def _check_mapping(cfg: CollectorConfig) -> None:
+    """Compile the mapping now so a bad expression is a config error, not 10k dead letters."""
+    from flexprice_beam.transforms.mapping import Mapper, MappingError
+
+    try:
+        Mapper(cfg.pipeline)
+    except MappingError as exc:
+        field = exc.field or ""
+        path = field if field.startswith("pipeline.") else "pipeline.mapping" + (
+            f".{field}" if field else "")
+        raise ConfigError(f"invalid configuration:\n  {path}: {exc.reason}") from None
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    try:
+        _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from flexprice_beam.pipelines import runner
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or cfg.logger.level, args.log_format or cfg.logger.format)
+    sink = None
+    if args.dry_run:
+        from flexprice_beam.io.dry_run import DryRunSink
+
+        sink = DryRunSink(args.dry_run_output)
+    try:
+        summary = runner.run(cfg, beam_args, sink=sink)
+    except Exception as exc:  # construction errors: bad options, unreachable expansion service
+        log.error("Could not start the pipeline: %s", exc)
+        return 2
+    if args.summary_json:
+        with open(args.summary_json, "w", encoding="utf-8") as f:
+            json.dump(summary.as_dict(), f, indent=2)
+    print(summary.render())
+    if summary.error:
+        return 1
+    if not summary.balanced:
+        log.error("Counts do not balance: %d read, %d accepted, %d dead-lettered, %d filtered",
+                  summary.read, summary.accepted, summary.dead_lettered, summary.filtered)
+        return 3
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flexprice-beam",
+        description="Stream usage events into Flexprice with Apache Beam.",
+        epilog="Arguments after `--` go to Beam, e.g. `-- --runner=FlinkRunner`.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the collector pipeline",
+                         description="Run the collector; arguments after `--` go to Beam.")
+    run.add_argument("-c", "--config", required=True, help="collector YAML config")
+    run.add_argument("--dry-run", action="store_true",
+                     help="read, map and validate, but send nothing")
+    run.add_argument("--dry-run-output", default="-",
+                     help="where a dry run writes the events it would send (JSON Lines, - = stdout)")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-format", choices=["text", "json"])
+    run.add_argument("--summary-json", help="also write the run summary to this file")
+
+    lint = sub.add_parser("lint", help="validate a config file (exit 0 or 1)")
+    lint.add_argument("-c", "--config", required=True)
+
+    sub.add_parser("mock-server", help="start the local Flexprice stand-in", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["mock-server"]:
+        from flexprice_beam.mock.server import main as mock_main
+
+        return mock_main(argv[1:])
+    ours, beam_args = _split_beam_args(argv)
+    args = build_parser().parse_args(ours)
+    if args.command == "lint":
+        return cmd_lint(args)
+    if args.command == "run":
+        return cmd_run(args, beam_args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

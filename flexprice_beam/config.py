@@ -1,0 +1,280 @@
+"""Collector configuration: one pydantic model tree whose field names are the YAML keys.
+
+The shape follows the Bento collector's YAML (``input`` / ``pipeline`` / ``output``) so a
+Bento config ports over by renaming processors, not by relearning the file.  ``${VAR}`` and
+``${VAR:default}`` are expanded from the environment before validation; durations are strings
+such as ``50ms``/``1s``/``2m`` and sizes ``4MB``/``512KiB``.  Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+               "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+#: Flexprice's own limits (API-NOTES.md): no bulk request may exceed these.
+MAX_BULK_EVENTS = 1000
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names each field path and reason."""
+
+
+def parse_duration(value: Any) -> float:
+    """``"200ms"`` → 0.2 seconds; bare numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 1s or 2m")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("duration must not be negative")
+        return float(value)
+    match = _DURATION_RE.match(str(value))
+    if not match:
+        raise ValueError(f"invalid duration {value!r}: expected e.g. 500ms, 1s, 2m")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def parse_size(value: Any) -> int:
+    """``"4MB"`` → 4_000_000 bytes, ``"1MiB"`` → 1_048_576; bare numbers are bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 4MB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("size must not be negative")
+        return value
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ValueError(f"invalid size {value!r}: expected e.g. 512KB, 4MB, 1MiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- input
+
+
+class GenerateInput(_Model):
+    """Synthetic events, deterministic from ``seed`` (the Bento ``generate`` input's role)."""
+
+    count: int = Field(100, ge=0, description="events to generate; 0 = unbounded")
+    interval: Duration = 0.0
+    seed: int = 42
+    batch_size: int = Field(500, ge=1, le=100_000)
+    start_time: str | None = Field(
+        None, description="RFC3339 time of event 0; default: when the pipeline is built")
+    customers: list[str] = Field(
+        default_factory=lambda: [f"cust_{i:03d}" for i in range(1, 11)], min_length=1)
+    event_names: list[str] = Field(
+        default_factory=lambda: ["api.request", "storage.gb", "compute.minutes"], min_length=1)
+    property_name: str = "value"
+    value_range: tuple[float, float] = (1, 100)
+    integer_values: bool = True
+    source: str = "flexprice-beam-generate"
+
+
+class TlsConfig(_Model):
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    skip_cert_verify: bool = False
+
+
+class SaslConfig(_Model):
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    user: str
+    password: SecretStr
+
+
+class KafkaInput(_Model):
+    addresses: list[str] = Field(min_length=1)
+    topics: list[str] = Field(min_length=1)
+    consumer_group: str = "flexprice-beam"
+    start_from_oldest: bool = True
+    tls: TlsConfig = TlsConfig()
+    sasl: SaslConfig | None = None
+    max_records: int | None = Field(None, ge=1, description="stop after N records (bounded run)")
+    max_read_time: Duration | None = Field(None, description="stop after this long (bounded run)")
+    batch_size: int = Field(500, ge=1, le=100_000)
+    max_record_bytes: ByteSize = 1024 * 1024
+
+    @model_validator(mode="after")
+    def _split_addresses(self) -> KafkaInput:
+        # ``${KAFKA_BROKERS}`` may expand to "a:9092,b:9092".
+        flat = [a.strip() for item in self.addresses for a in item.split(",") if a.strip()]
+        object.__setattr__(self, "addresses", flat)
+        return self
+
+
+class InputConfig(_Model):
+    generate: GenerateInput | None = None
+    kafka: KafkaInput | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> InputConfig:
+        if (self.generate is None) == (self.kafka is None):
+            raise ValueError("exactly one input is required: 'generate' or 'kafka'")
+        return self
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+class PipelineConfig(_Model):
+    mapping: dict[str, Any] | None = Field(
+        None, description="field: JMESPath expression (or a literal) evaluated on each record")
+    mapping_fn: str | None = Field(None, description='"package.module:function" record -> event')
+    stringify_properties: bool = False
+
+    @model_validator(mode="after")
+    def _one_mapping(self) -> PipelineConfig:
+        if self.mapping is not None and self.mapping_fn is not None:
+            raise ValueError("use either 'mapping' or 'mapping_fn', not both")
+        if self.mapping_fn is not None and ":" not in self.mapping_fn:
+            raise ValueError("mapping_fn must look like 'package.module:function'")
+        return self
+
+
+# ---------------------------------------------------------------- output
+
+
+class BatchingConfig(_Model):
+    count: int = Field(500, ge=1, le=MAX_BULK_EVENTS)
+    byte_size: ByteSize = Field(4 * 1000 * 1000, ge=1024, le=MAX_BODY_BYTES)
+    period: Duration = 1.0
+
+
+class RetryConfig(_Model):
+    max_attempts: int = Field(10, ge=1)
+    initial_backoff: Duration = 0.2
+    max_backoff: Duration = 30.0
+    max_elapsed: Duration = 600.0
+
+
+class FlexpriceOutput(_Model):
+    api_host: str = Field(min_length=1)
+    api_key: SecretStr
+    scheme: Literal["http", "https"] = "https"
+    mode: Literal["bulk", "single"] = "bulk"
+    batching: BatchingConfig = BatchingConfig()
+    max_in_flight: int = Field(8, ge=1, le=256)
+    timeout: Duration = 10.0
+    retry: RetryConfig = RetryConfig()
+    skip_cert_verify: bool = False
+    allow_insecure: bool = False
+
+    @property
+    def base_url(self) -> str:
+        host = self.api_host.rstrip("/")
+        if host.endswith("/v1"):
+            host = host[:-3]
+        if "://" in host:
+            return host
+        return f"{self.scheme}://{host}"
+
+    @model_validator(mode="after")
+    def _check_key(self) -> FlexpriceOutput:
+        if not self.api_key.get_secret_value().strip():
+            raise ValueError("api_key is empty (if it names an environment variable, "
+                             "is that variable set?)")
+        return self
+
+
+class DeadLetterOutput(_Model):
+    path: str = "./dead-letter"
+
+
+class OutputConfig(_Model):
+    flexprice: FlexpriceOutput
+    dead_letter: DeadLetterOutput = DeadLetterOutput()
+
+
+class MetricsConfig(_Model):
+    address: str = "0.0.0.0:4195"
+    enabled: bool = True
+
+
+class LoggerConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class CollectorConfig(_Model):
+    """The whole file."""
+
+    input: InputConfig
+    pipeline: PipelineConfig = PipelineConfig()
+    output: OutputConfig
+    metrics: MetricsConfig = MetricsConfig()
+    logger: LoggerConfig = LoggerConfig()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    """Expand ``${VAR}`` / ``${VAR:default}``; an unset variable without default stays empty."""
+    env = os.environ if env is None else env
+    return _ENV_RE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), text)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e.get("input", "") is None:
+            msg = "is empty (if it names an environment variable, is that variable set?)"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config_text(text: str, source: str = "<config>",
+                     env: dict[str, str] | None = None) -> CollectorConfig:
+    try:
+        data = yaml.safe_load(interpolate(text, env))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with input/output keys")
+    try:
+        return CollectorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> CollectorConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return load_config_text(text, str(path), env)

@@ -1,0 +1,116 @@
+"""The records and events that flow through the pipeline.
+
+A ``Record`` is what a source read: its payload plus the identity fixed at first read
+(``record_id`` and ``read_time``).  Mapping turns its payload into an event dict; when the
+event lacks ``event_id`` or ``timestamp`` these two fill them, so every retry and every
+replay of the same input yields byte-identical events — Flexprice deduplicates only on equal
+(event_id, timestamp).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Property values Flexprice aggregates: numbers or strings (and booleans are refused).
+PropertyValue = int | float | str
+
+
+@dataclass(slots=True)
+class Record:
+    """One input record with the identity given to it when it was first read."""
+
+    record_id: str
+    read_time: str  # RFC3339 with zone
+    value: Any  # decoded payload (usually a dict); raw text/bytes info lives in ``origin``
+    origin: dict[str, Any] = field(default_factory=dict)  # topic/partition/offset, index …
+    error: str | None = None  # set when the source could not decode it: it goes to dead letters
+
+
+def rfc3339(ts: dt.datetime) -> str:
+    """UTC RFC3339 with millisecond precision, the form Flexprice stores."""
+    ts = ts.astimezone(dt.timezone.utc)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def rfc3339_from_millis(millis: int) -> str:
+    return rfc3339(dt.datetime.fromtimestamp(millis / 1000, tz=dt.timezone.utc))
+
+
+def stable_id(prefix: str, *parts: Any) -> str:
+    """A short deterministic id from the parts that identify a record at its source."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=12).hexdigest()
+    return f"{prefix}_{digest}"
+
+
+def parse_timestamp(value: str) -> dt.datetime:
+    """RFC3339 with a zone (``Z`` or ``±hh:mm``); a naive time is refused, not guessed."""
+    if not isinstance(value, str) or "T" not in value.upper():
+        raise ValueError("timestamp must be an RFC3339 string such as 2025-12-01T10:30:00Z")
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"timestamp {value!r} is not RFC3339") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp {value!r} has no time zone")
+    return parsed
+
+
+class FlexpriceEvent(BaseModel):
+    """``dto.IngestEventRequest`` as Flexprice validates it (API-NOTES.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    event_name: str = Field(min_length=1, max_length=255)
+    external_customer_id: str = Field(min_length=1, max_length=255)
+    event_id: str = Field(min_length=1, max_length=255)
+    timestamp: str
+    properties: dict[str, PropertyValue] = Field(default_factory=dict)
+    source: str | None = None
+    customer_id: str | None = None
+
+    @field_validator("event_name", "external_customer_id", "event_id")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+    @field_validator("timestamp")
+    @classmethod
+    def _rfc3339(cls, v: str) -> str:
+        parse_timestamp(v)
+        return v
+
+    @field_validator("properties")
+    @classmethod
+    def _finite(cls, v: dict[str, PropertyValue]) -> dict[str, PropertyValue]:
+        for key, val in v.items():
+            if isinstance(val, float) and (val != val or val in (float("inf"), float("-inf"))):
+                raise ValueError(f"property {key!r} is not a finite number")
+        return v
+
+
+def now_rfc3339() -> str:
+    return rfc3339(dt.datetime.now(dt.timezone.utc))
+
+
+def dead_letter(stage: str, reason: str, *, record: Record | None = None,
+                event: dict[str, Any] | None = None, status: int | None = None,
+                field: str | None = None) -> dict[str, Any]:
+    """One dead-letter line: enough to see why, and to replay the event unchanged."""
+    return {
+        "stage": stage,
+        "status": status,
+        "reason": reason,
+        "field": field,
+        "event": event,
+        "record": None if record is None else record.value,
+        "origin": None if record is None else record.origin,
+        "record_id": None if record is None else record.record_id,
+        "time": now_rfc3339(),
+    }

@@ -1,0 +1,121 @@
+"""Delivering one batch of prepared events, following the seed's error table.
+
+* 2xx: accepted.
+* 400 (and other 4xx): the batch holds bad events. Bisect it, resending halves, until the
+  bad events stand alone; those are dead-lettered with the server's answer, the rest are
+  delivered. Resending is safe: the bytes are identical, so Flexprice deduplicates.
+* 401/403: raise ``FlexpriceAuthError`` and stop every other sender at once.
+* 429, 5xx, connection errors, timeouts: back off (honouring ``Retry-After``) and retry;
+  when the retry budget is spent, dead-letter with the last error rather than lose it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from flexprice_beam.io.client import Answer, FlexpriceAuthError, FlexpriceClient, Kind
+from flexprice_beam.io.retry import RetryPolicy, Throttle
+from flexprice_beam.transforms.validate import Prepared
+
+log = logging.getLogger("flexprice_beam.sink")
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What became of one event: accepted, or dead-lettered with the answer that sank it."""
+
+    item: Prepared
+    accepted: bool
+    attempts: int
+    status: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class BatchOutcome:
+    """One ``deliver()`` call's results plus what it cost, for metrics on the main thread."""
+
+    deliveries: list[Delivery]
+    requests: int = 0
+    retries: dict[str, int] | None = None
+    latencies: list[float] | None = None
+
+
+class EventDeliverer:
+    """Sends a batch with retries and 400-isolation; thread-safe, one per worker."""
+
+    def __init__(self, client: FlexpriceClient, policy: RetryPolicy, throttle: Throttle,
+                 single: bool = False):
+        self.client = client
+        self.policy = policy
+        self.throttle = throttle
+        self.single = single
+
+    def deliver(self, items: list[Prepared]) -> BatchOutcome:
+        outcome = BatchOutcome([], retries={}, latencies=[])
+        if self.single:
+            for item in items:
+                self._send([item], outcome)
+        else:
+            self._send(items, outcome)
+        return outcome
+
+    def _send(self, items: list[Prepared], outcome: BatchOutcome) -> None:
+        answer, attempts = self._attempt_until_final(items, outcome)
+        kind = answer.kind
+        if kind is Kind.ACCEPTED:
+            outcome.deliveries.extend(Delivery(i, True, attempts, answer.status) for i in items)
+            if log.isEnabledFor(logging.DEBUG):
+                for i in items:
+                    log.debug("Event accepted successfully, ID: %s", i.event["event_id"])
+        elif kind is Kind.REJECTED and len(items) > 1:
+            mid = len(items) // 2
+            log.info("Flexprice rejected a batch of %d (%s); isolating the bad events",
+                     len(items), answer.describe()[:200])
+            self._send(items[:mid], outcome)
+            self._send(items[mid:], outcome)
+        else:
+            why = answer.describe()
+            if kind is Kind.RETRY:
+                why = f"gave up after {attempts} attempts: {why}"
+            for i in items:
+                log.warning("Failed to send event %s (%s for customer %s): %s",
+                            i.event["event_id"], i.event["event_name"],
+                            i.event["external_customer_id"], why[:300])
+            outcome.deliveries.extend(
+                Delivery(i, False, attempts, answer.status, why) for i in items)
+
+    def _attempt_until_final(self, items: list[Prepared], outcome: BatchOutcome) -> tuple[Answer, int]:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            if not self.throttle.wait():
+                raise FlexpriceAuthError("stopped: another request was refused with 401/403")
+            attempt += 1
+            if self.single:
+                answer = self.client.post_single(items[0].body)
+            else:
+                answer = self.client.post_bulk([i.body for i in items])
+            outcome.requests += 1
+            outcome.latencies.append(answer.latency)
+            kind = answer.kind
+            if kind is Kind.AUTH:
+                self.throttle.stopped.set()
+                raise FlexpriceAuthError(
+                    f"Flexprice refused the API key: {answer.describe()} — check "
+                    "output.flexprice.api_key / FLEXPRICE_API_KEY; stopping without retries")
+            if kind is not Kind.RETRY:
+                return answer, attempt
+            cause = "connection" if answer.status is None else str(answer.status)
+            delay = self.policy.delay(attempt, answer.retry_after)
+            if self.policy.gives_up(attempt, started, delay):
+                return answer, attempt
+            outcome.retries[cause] = outcome.retries.get(cause, 0) + 1
+            if answer.status == 429:
+                self.throttle.defer(delay)
+            log.info("Flexprice %s; retrying %d events in %.2fs (attempt %d)",
+                     answer.describe()[:200], len(items), delay, attempt + 1)
+            if not self.throttle.wait(delay):
+                raise FlexpriceAuthError("stopped: another request was refused with 401/403")

@@ -1,0 +1,267 @@
+"""Kafka input: a thin typed wrapper over Beam's ``ReadFromKafka`` (Java KafkaIO).
+
+* ``consumer_config`` is built from the seed's keys (addresses, consumer_group, TLS, SASL).
+* Right after the read, records are decoded and batched (batch early); a record that is
+  not UTF-8 JSON, not an object or too large becomes a ``Record`` with ``error`` set, which
+  mapping turns into a dead letter carrying topic/partition/offset, key and raw value.
+* Identity comes from the source: ``event_id`` defaults to ``kafka-<topic>-<partition>-
+  <offset>`` and ``timestamp`` to the Kafka record's timestamp, so a re-read after a
+  restart, replay or rebalance yields byte-identical events that Flexprice deduplicates.
+* Offsets: see ``CommitDeliveredOffsets`` and docs/runners.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from flexprice_beam.config import KafkaInput
+from flexprice_beam.events import Record, rfc3339_from_millis
+
+log = logging.getLogger("flexprice_beam.kafka")
+
+BEAM_VERSION = beam.__version__
+EXPANSION_JAR = f"beam-sdks-java-io-expansion-service-{BEAM_VERSION}.jar"
+_JAAS = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+def security_protocol(cfg: KafkaInput) -> str:
+    if cfg.sasl is not None:
+        return "SASL_SSL" if cfg.tls.enabled else "SASL_PLAINTEXT"
+    return "SSL" if cfg.tls.enabled else "PLAINTEXT"
+
+
+def java_consumer_config(cfg: KafkaInput) -> dict[str, str]:
+    """The Java KafkaConsumer properties for ``ReadFromKafka``."""
+    conf = {
+        "bootstrap.servers": ",".join(cfg.addresses),
+        "group.id": cfg.consumer_group,
+        "auto.offset.reset": "earliest" if cfg.start_from_oldest else "latest",
+        "enable.auto.commit": "false",
+        "security.protocol": security_protocol(cfg),
+    }
+    if cfg.sasl is not None:
+        user = cfg.sasl.user.replace('"', '\\"')
+        password = cfg.sasl.password.get_secret_value().replace('"', '\\"')
+        conf["sasl.mechanism"] = cfg.sasl.mechanism
+        conf["sasl.jaas.config"] = (
+            f'{_JAAS[cfg.sasl.mechanism]} required username="{user}" password="{password}";')
+    if cfg.tls.enabled:
+        if cfg.tls.ca_file:
+            conf["ssl.truststore.type"] = "PEM"
+            conf["ssl.truststore.location"] = os.path.abspath(cfg.tls.ca_file)
+        if cfg.tls.cert_file and cfg.tls.key_file:
+            # Java reads a PEM keystore from one file holding the key and its chain.
+            conf["ssl.keystore.type"] = "PEM"
+            conf["ssl.keystore.location"] = _combined_pem(cfg.tls.cert_file, cfg.tls.key_file)
+        if cfg.tls.skip_cert_verify:
+            log.warning("Kafka TLS: skip_cert_verify turns off host name verification")
+            conf["ssl.endpoint.identification.algorithm"] = ""
+    return conf
+
+
+def _combined_pem(cert_file: str, key_file: str) -> str:
+    out = os.path.abspath(f"{cert_file}.with-key.pem")
+    with open(key_file, "rb") as k, open(cert_file, "rb") as c, open(out, "wb") as o:
+        o.write(k.read().rstrip() + b"\n" + c.read())
+    os.chmod(out, 0o600)
+    return out
+
+
+def python_client_config(cfg: KafkaInput) -> dict[str, Any]:
+    """The same connection for kafka-python (offset commits, send-events)."""
+    conf: dict[str, Any] = {"bootstrap_servers": cfg.addresses,
+                            "security_protocol": security_protocol(cfg)}
+    if cfg.sasl is not None:
+        conf.update(sasl_mechanism=cfg.sasl.mechanism, sasl_plain_username=cfg.sasl.user,
+                    sasl_plain_password=cfg.sasl.password.get_secret_value())
+    if cfg.tls.enabled:
+        conf.update(ssl_cafile=cfg.tls.ca_file, ssl_certfile=cfg.tls.cert_file,
+                    ssl_keyfile=cfg.tls.key_file,
+                    ssl_check_hostname=not cfg.tls.skip_cert_verify)
+        if cfg.tls.skip_cert_verify:
+            import ssl
+
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            conf["ssl_context"] = ctx
+    return conf
+
+
+def record_id(topic: str, partition: int, offset: int) -> str:
+    return f"kafka-{topic}-{partition}-{offset}"
+
+
+def _text_or_b64(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode()}
+
+
+def decode(topic: str, partition: int, offset: int, timestamp_ms: int,
+           key: bytes | None, value: bytes | None, max_bytes: int) -> Record:
+    """One Kafka record → Record; never raises (a bad record carries ``error``)."""
+    origin = {"topic": topic, "partition": partition, "offset": offset,
+              "key": _text_or_b64(key)}
+    rid = record_id(topic, partition, offset)
+    ts = rfc3339_from_millis(timestamp_ms if timestamp_ms and timestamp_ms > 0 else 0)
+    raw = value or b""
+    error = None
+    payload: Any = None
+    if len(raw) > max_bytes:
+        error = f"record is {len(raw)} bytes, over the {max_bytes}-byte limit"
+    else:
+        try:
+            payload = orjson.loads(raw)  # rejects invalid UTF-8, NaN and trailing garbage
+        except orjson.JSONDecodeError as exc:
+            try:
+                raw.decode("utf-8")
+                error = f"not JSON: {exc}"
+            except UnicodeDecodeError:
+                error = "not UTF-8 text"
+        else:
+            if not isinstance(payload, dict):
+                error = f"record is a JSON {type(payload).__name__}, not an object"
+    if error is not None:
+        origin["raw_value"] = _text_or_b64(raw[:max_bytes])
+        return Record(rid, ts, None, origin, error)
+    return Record(rid, ts, payload, origin)
+
+
+class _DecodeAndBatchFn(beam.DoFn):
+    """KafkaRecord rows → list[Record] of up to ``batch_size``, cut at bundle ends."""
+
+    def __init__(self, batch_size: int, max_bytes: int):
+        self._batch_size = batch_size
+        self._max_bytes = max_bytes
+        self._read = Metrics.counter("flexprice", "records_read")
+        self._bad = Metrics.counter("flexprice", "records_undecodable")
+
+    def start_bundle(self) -> None:
+        self._batch: list[Record] = []
+
+    def process(self, rec) -> Iterable[list[Record]]:
+        r = decode(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value,
+                   self._max_bytes)
+        self._read.inc()
+        if r.error:
+            self._bad.inc()
+        self._batch.append(r)
+        if len(self._batch) >= self._batch_size:
+            batch, self._batch = self._batch, []
+            yield batch
+
+    def finish_bundle(self):
+        if self._batch:
+            batch, self._batch = self._batch, []
+            yield WindowedValue(batch, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+
+class ReadKafkaRecords(beam.PTransform):
+    """PBegin → PCollection[list[Record]] from the configured topics."""
+
+    def __init__(self, cfg: KafkaInput, commit_in_finalize: bool = False,
+                 expansion_service: Any = None):
+        super().__init__()
+        self._cfg = cfg
+        self._commit_in_finalize = commit_in_finalize
+        self._expansion_service = expansion_service
+
+    def expand(self, pbegin):
+        from apache_beam.io.kafka import ReadFromKafka
+
+        from flexprice_beam.io.expansion import kafka_expansion_service
+
+        cfg = self._cfg
+        read = ReadFromKafka(
+            consumer_config=java_consumer_config(cfg),
+            topics=list(cfg.topics),
+            with_metadata=True,
+            commit_offset_in_finalize=self._commit_in_finalize,
+            max_num_records=cfg.max_records,
+            max_read_time=int(cfg.max_read_time) if cfg.max_read_time else None,
+            expansion_service=self._expansion_service or kafka_expansion_service(),
+        )
+        return (pbegin | "ReadFromKafka" >> read
+                | "DecodeAndBatch" >> beam.ParDo(
+                    _DecodeAndBatchFn(cfg.batch_size, cfg.max_record_bytes)))
+
+
+def _offset_of(origin: dict | None) -> list[tuple[tuple[str, int], int]]:
+    if origin and "offset" in origin:
+        return [((origin["topic"], origin["partition"]), origin["offset"])]
+    return []
+
+
+def delivered_offsets(deliveries) -> Iterable[tuple[tuple[str, int], int]]:
+    """Per delivery batch, the highest offset handled per (topic, partition)."""
+    best: dict[tuple[str, int], int] = {}
+    for d in deliveries:
+        for key, off in _offset_of(d.item.record.origin):
+            if off > best.get(key, -1):
+                best[key] = off
+    return best.items()
+
+
+class _CommitFn(beam.DoFn):
+    def __init__(self, cfg: KafkaInput):
+        self._cfg = cfg
+
+    def process(self, offsets: list[tuple[tuple[str, int], int]]):
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        if not offsets:
+            return
+        consumer = KafkaConsumer(group_id=self._cfg.consumer_group, enable_auto_commit=False,
+                                 **python_client_config(self._cfg))
+        try:
+            consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o + 1, "", -1)
+                             for (t, p), o in offsets})
+        finally:
+            consumer.close()
+        log.info("Committed offsets for group %s: %s", self._cfg.consumer_group,
+                 ", ".join(f"{t}/{p}@{o + 1}" for (t, p), o in sorted(offsets)))
+        yield from offsets
+
+
+class CommitDeliveredOffsets(beam.PTransform):
+    """Bounded runs: commit the group's offsets once, after every event was delivered.
+
+    The input is ``(deliveries, dead_letters)``: an event is handled once it was accepted
+    or dead-lettered at any stage.
+    The combine completes only when the whole bounded input did, so a run killed midway
+    commits nothing and its restart re-reads from the last commit; the re-read events are
+    byte-identical and Flexprice deduplicates them.
+    """
+
+    def __init__(self, cfg: KafkaInput):
+        super().__init__()
+        self._cfg = cfg
+
+    def expand(self, pcolls):
+        deliveries, dead_letters = pcolls
+        delivered = deliveries | "DeliveredOffsets" >> beam.FlatMap(delivered_offsets)
+        dead = dead_letters | "DeadLetterOffsets" >> beam.FlatMap(
+            lambda d: _offset_of(d.get("origin")))
+        return ((delivered, dead) | "Handled" >> beam.Flatten()
+                | "MaxOffsetPerPartition" >> beam.CombinePerKey(max)
+                | "AllPartitions" >> beam.combiners.ToList()
+                | "Commit" >> beam.ParDo(_CommitFn(self._cfg)))

@@ -1,0 +1,1122 @@
+"""A local Flexprice stand-in: the event-ingestion API plus fault injection.
+
+Stdlib ``http.server`` (ThreadingHTTPServer, one thread per keep-alive connection) and orjson.
+The request line/headers are parsed by a lean reader instead of ``email.parser``, sockets get
+``TCP_NODELAY`` and every response goes out in one ``sendall`` -- a stock handler writes
+headers and body separately, and Nagle + delayed ACK then add ~40 ms per request.
+
+Behaviour follows flexprice/flexprice at e4b5303f (the commit ``swagger-3-0.json`` came from);
+see ``validation.py`` for the error shapes and ``store.py`` for the dedup rule. Anything under
+``/_mock/`` is the control API (no auth, no faults); everything under ``/v1`` is Flexprice.
+
+Choices taken from the server source, where the notes/spec left room:
+
+* Error bodies are the flat ``errors.ErrorResponse`` ``{code, message, http_status_code,
+  details?}`` (the spec and the Go struct agree; API-NOTES.md's ``{"error": {...}}`` wrapper is
+  available as ``error_style="nested"``). 401 is ``{"error": "Unauthorized"}``.
+* A body over 32 MiB is answered **400** ``validation_error`` "Request body exceeds the maximum
+  size; ..." (MaxBytesReader surfaces through the bind error path), not 413. The stand-in
+  drains the body so the keep-alive connection survives.
+* ``POST /events/bulk`` with a bad event: 400 for the whole request, but with the server's
+  default ``bulk_publish_enabled: false`` the events *before* the bad one are already
+  published -- reproduced by ``bulk_partial_publish`` (default true). Type errors (bad
+  timestamp, wrong JSON type) fail the JSON bind first and store nothing.
+* Dedup key is ``(event_id, timestamp truncated to ms in UTC)`` (ClickHouse ``DateTime64(3)``
+  in a ``ReplacingMergeTree``); the latest version of a key wins.
+* ``/features/search`` only includes ``meter`` when ``expand`` contains ``meters``.
+* Read-back without ``start_time`` covers the last 7 days only, as on the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import gc
+import json
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from random import Random
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote
+
+import orjson
+
+from .faults import DROP_OUTCOMES, OK, FaultConfig, FaultEngine
+from .store import Catalog, EventStore
+from .validation import (
+    MAX_BODY_BYTES,
+    MAX_BULK_EVENTS,
+    MSG_BODY_TOO_LARGE,
+    MSG_CHECK_PAYLOAD,
+    MSG_INVALID_PAYLOAD,
+    MSG_VALIDATION_FAILED,
+    RequestError,
+    bind_event,
+    bulk_count_detail,
+    error_body,
+    format_ms,
+    go_required_detail,
+    missing_required,
+    new_ulid,
+    now_ms,
+    parse_rfc3339_ms,
+)
+
+__all__ = ["MockFlexprice", "RequestRecord", "main"]
+
+JSON = "application/json; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
+HTML = "text/html"
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+_DRAIN_CAP = 1 << 30  # oversized bodies up to this are read and discarded (keeps keep-alive)
+_GO_ZERO_TIME_MS = -62135596800000  # "0001-01-01T00:00:00Z": Go's zero time means "use now"
+_SORT = orjson.OPT_SORT_KEYS
+_GATEWAY_HTML = {
+    s: (f"<html>\r\n<head><title>{s} {_REASONS[s]}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{s} {_REASONS[s]}</h1></center>\r\n</body>\r\n</html>\r\n").encode()
+    for s in (502, 504)
+}
+_INGEST_PATHS = ("/v1/events", "/v1/events/bulk")
+
+
+class RequestRecord(NamedTuple):
+    """One ``/v1`` request. ``status`` 0 = connection dropped without a response."""
+
+    method: str
+    path: str
+    status: int
+    n_events: int
+
+
+class _Reply(NamedTuple):
+    status: int
+    body: bytes
+    ctype: str = JSON
+    headers: tuple = ()
+
+
+class _Date:
+    """``Date`` header value, formatted at most once per second."""
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._val = ""
+
+    def get(self) -> str:
+        now = time.time()
+        sec = int(now)
+        if sec != self._sec:
+            self._val = email.utils.formatdate(now, usegmt=True)
+            self._sec = sec
+        return self._val
+
+
+_DATE = _Date()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def server_bind(self) -> None:  # skip HTTPServer's getfqdn() (a DNS lookup)
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = host
+        self.server_port = port
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # TCP_NODELAY on every accepted socket
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.mock: MockFlexprice = self.server.mock  # type: ignore[attr-defined]
+        self.mock._register(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        finally:
+            self.mock._unregister(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        if self.mock.verbose:
+            super().log_message(format, *args)
+
+    # -- HTTP/1.1 framing ----------------------------------------------------------------
+
+    def handle_one_request(self) -> None:
+        rfile = self.rfile
+        try:
+            line = rfile.readline(_MAX_LINE + 1)
+        except OSError:
+            self.close_connection = True
+            return
+        if not line:
+            self.close_connection = True
+            return
+        if line in (b"\r\n", b"\n"):  # tolerate a stray CRLF between requests
+            return
+        parts = line.decode("latin-1").split()
+        if len(line) > _MAX_LINE or len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            self.close_connection = True
+            self._write(400, b"bad request", TEXT)
+            return
+        method, target, version = parts
+        self.command, self.path, self.request_version = method, target, version
+        headers: dict[str, str] = {}
+        try:
+            for _ in range(_MAX_HEADERS + 1):
+                hl = rfile.readline(_MAX_LINE + 1)
+                if hl in (b"\r\n", b"\n", b""):
+                    break
+                k, _sep, v = hl.decode("latin-1").partition(":")
+                headers[k.strip().lower()] = v.strip()
+            else:
+                self.close_connection = True
+                self._write(431, b"too many headers", TEXT)
+                return
+        except OSError:
+            self.close_connection = True
+            return
+        conn_hdr = headers.get("connection", "").lower()
+        if version == "HTTP/1.0":
+            self.close_connection = "keep-alive" not in conn_hdr
+        else:
+            self.close_connection = "close" in conn_hdr
+        try:
+            body, oversized = self._read_body(headers)
+        except (OSError, ValueError):
+            self.close_connection = True
+            self._safe_write(400, b"malformed request body", TEXT)
+            return
+        try:
+            self.mock._dispatch(self, method, target, headers, body, oversized)
+        except OSError:
+            self.close_connection = True
+        except Exception:  # pragma: no cover - a bug in the stand-in must not kill the thread
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
+            self._safe_write(500, error_body(500), JSON)
+
+    def _read_body(self, headers: dict[str, str]) -> tuple[bytes, bool]:
+        limit = self.mock.max_body_bytes
+        te = headers.get("transfer-encoding", "").lower()
+        cl = headers.get("content-length")
+        if ("chunked" in te or cl) and headers.get("expect", "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if "chunked" in te:
+            return self._read_chunked(limit)
+        if not cl:
+            return b"", False
+        n = int(cl)
+        if n < 0:
+            raise ValueError("negative Content-Length")
+        if n <= limit:
+            data = self.rfile.read(n)
+            if len(data) < n:
+                raise OSError("connection closed mid-body")
+            return data, False
+        if n > _DRAIN_CAP:  # answer without reading, then close
+            self.close_connection = True
+            return b"", True
+        remaining = n
+        while remaining:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                raise OSError("connection closed mid-body")
+            remaining -= len(chunk)
+        return b"", True
+
+    def _read_chunked(self, limit: int) -> tuple[bytes, bool]:
+        rfile = self.rfile
+        chunks: list[bytes] = []
+        total = 0
+        over = False
+        while True:
+            size_line = rfile.readline(_MAX_LINE + 1)
+            if not size_line:
+                raise OSError("connection closed mid-body")
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while rfile.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
+                    pass
+                break
+            data = rfile.read(size)
+            if len(data) < size:
+                raise OSError("connection closed mid-body")
+            rfile.readline(_MAX_LINE + 1)
+            total += size
+            if total > limit:
+                over = True
+                chunks = []
+            elif not over:
+                chunks.append(data)
+            if total > _DRAIN_CAP:
+                raise ValueError("chunked body too large")
+        return b"".join(chunks), over
+
+    def _write(self, status: int, body: bytes, ctype: str = JSON, extra: tuple = ()) -> None:
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nDate: {_DATE.get()}\r\n"]
+        for k, v in extra:
+            head.append(f"{k}: {v}\r\n")
+        if self.close_connection:
+            head.append("Connection: close\r\n")
+        head.append("\r\n")
+        self.wfile.write("".join(head).encode("latin-1") + body)  # one write, one segment train
+
+    def _safe_write(self, status: int, body: bytes, ctype: str) -> None:
+        try:
+            self._write(status, body, ctype)
+        except OSError:
+            pass
+
+    def _drop(self) -> None:
+        """Close abruptly: RST (SO_LINGER 0), no response bytes."""
+        self.close_connection = True
+        sock = self.connection
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        for f in (self.rfile, self.wfile):
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+class MockFlexprice:
+    """The Flexprice stand-in. ``with MockFlexprice() as fp: ... fp.url ...``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, api_key: str = "test-key",
+                 latency_ms: float = 0, *, forbidden_key: str | None = "forbidden-key",
+                 faults: FaultConfig | dict | None = None, seed: int | None = None,
+                 fast: bool = False, max_body_bytes: int = MAX_BODY_BYTES,
+                 environment_id: str = "env_mock", tenant_id: str = "tenant_mock",
+                 error_style: str = "flat", seed_defaults: bool = False,
+                 log_limit: int = 200_000, verbose: bool = False) -> None:
+        if error_style not in ("flat", "nested"):
+            raise ValueError("error_style must be 'flat' or 'nested'")
+        cfg = faults if isinstance(faults, FaultConfig) else FaultConfig.from_dict(faults)
+        overrides: dict = {}
+        if latency_ms:
+            overrides["latency_ms"] = latency_ms
+        if seed is not None:
+            overrides["seed"] = seed
+        if overrides:
+            cfg = cfg.merged(overrides)
+        self._initial_faults = cfg
+        self._faults = FaultEngine(cfg)
+        self.host = host
+        self._port = port
+        self.api_key = api_key
+        self.forbidden_key = forbidden_key
+        self.fast = fast
+        self.max_body_bytes = max_body_bytes
+        self.environment_id = environment_id
+        self.error_style = error_style
+        self.verbose = verbose
+        self._ids = Random()  # id generation, independent of the seeded fault RNG
+        self._store = EventStore()
+        self.catalog = Catalog(tenant_id, environment_id, self._ids)
+        self._log: deque[RequestRecord] = deque(maxlen=log_limit)
+        self._stats_lock = threading.Lock()
+        self._by_status: dict[int, int] = {}
+        self._by_route: dict[str, int] = {}
+        self._bytes_in = 0
+        self._rejected_events = 0
+        self._stop_evt = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        self._conns_opened = 0
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        if seed_defaults:
+            self.seed_defaults()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> MockFlexprice:
+        if self._httpd is not None:
+            return self
+        self._stop_evt.clear()
+        httpd = _Server((self.host, self._port), _Handler)
+        httpd.mock = self  # type: ignore[attr-defined]
+        self._httpd = httpd
+        self._port = httpd.server_address[1]
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"flexprice-mock:{self._port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd = self._httpd
+        if httpd is None:
+            return
+        self._stop_evt.set()  # wake latency/slow/hang waits
+        httpd.shutdown()
+        with self._conns_lock:
+            conns = list(self._conns)
+        for c in conns:  # unblock keep-alive threads parked in readline()
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> MockFlexprice:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def host_port(self) -> str:
+        return f"{self.host}:{self._port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host_port}"
+
+    def _register(self, conn: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.add(conn)
+            self._conns_opened += 1
+
+    def _unregister(self, conn: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.discard(conn)
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stop_evt.wait(seconds)
+
+    # -- Python-side accessors -----------------------------------------------------------
+
+    def events(self) -> list[dict]:
+        """Stored (deduplicated) events as ingested, with server-filled event_id/timestamp."""
+        return self._store.events()
+
+    @property
+    def received_count(self) -> int:
+        """Accepted event deliveries, duplicates included."""
+        return self._store.received
+
+    def duplicates(self) -> list[tuple[dict, dict]]:
+        """(stored, repeat) for every delivery whose event_id AND timestamp were already stored."""
+        return self._store.duplicates()
+
+    def distinct_conflicts(self) -> list[tuple[dict, dict]]:
+        """(first, repeat) for deliveries reusing an event_id with a different body."""
+        return self._store.conflicts()
+
+    @property
+    def requests_log(self) -> list[RequestRecord]:
+        return list(self._log)
+
+    def stats(self) -> dict:
+        with self._stats_lock:
+            by_status = {str(k): v for k, v in sorted(self._by_status.items())}
+            by_route = dict(self._by_route)
+            bytes_in = self._bytes_in
+            rejected = self._rejected_events
+        out = {
+            "requests_total": sum(by_status.values()),
+            "requests_by_status": by_status,
+            "requests_by_route": by_route,
+            **self._store.counts(),
+            "rejected_events": rejected,
+            "faults_injected": self._faults.injected_snapshot(),
+            "connections_opened": self._conns_opened,
+            "bytes_received": bytes_in,
+            "fail_all_active": self._faults.fail_all_status() is not None,
+        }
+        return out
+
+    @property
+    def faults(self) -> dict:
+        return self._faults.config.to_dict()
+
+    def set_faults(self, config: FaultConfig | dict | None = None, **kwargs: Any) -> dict:
+        """Replace the fault config (unspecified keys get their defaults; no args = no faults)."""
+        if isinstance(config, FaultConfig):
+            cfg = config.merged(kwargs) if kwargs else config
+        else:
+            cfg = FaultConfig.from_dict({**(config or {}), **kwargs})
+        self._faults.set(cfg)
+        return cfg.to_dict()
+
+    def update_faults(self, **kwargs: Any) -> dict:
+        """Change only the given fault keys."""
+        cfg = self._faults.config.merged(kwargs)
+        self._faults.set(cfg)
+        return cfg.to_dict()
+
+    def reset(self, *, faults: bool = True, catalog: bool = False) -> None:
+        """Forget events, logs and counters; restore the constructor's faults; keep customers,
+        features and the API key unless ``catalog=True``."""
+        self._store.clear()
+        self._log.clear()
+        with self._stats_lock:
+            self._by_status = {}
+            self._by_route = {}
+            self._bytes_in = 0
+            self._rejected_events = 0
+        with self._conns_lock:
+            self._conns_opened = 0
+        self._faults.reset_counters()
+        if faults:
+            self._faults.set(self._initial_faults)
+        if catalog:
+            self.catalog.clear()
+
+    def set_api_key(self, api_key: str, forbidden_key: str | None = ...) -> None:  # type: ignore[assignment]
+        self.api_key = api_key
+        if forbidden_key is not ...:
+            self.forbidden_key = forbidden_key
+
+    def add_customer(self, external_id: str, name: str | None = None, **fields: Any) -> dict:
+        return self.catalog.add_customer(external_id, name, **fields)
+
+    def add_feature(self, name: str, event_name: str, aggregation_type: str = "COUNT",
+                    field: str | None = None, **kwargs: Any) -> dict:
+        return self.catalog.add_feature(name, event_name, aggregation_type, field, **kwargs)
+
+    def seed_defaults(self) -> None:
+        """Customers and features matching examples/generate.yaml."""
+        for ext in ("cust_001", "cust_002", "cust_003"):
+            if self.catalog.get_customer(ext) is None:
+                self.add_customer(ext)
+        if not self.catalog.features:
+            self.add_feature("API Requests", "api.request", "SUM", "value", lookup_key="api_request")
+            self.add_feature("Storage GB", "storage.gb", "SUM", "value", lookup_key="storage_gb")
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def _dispatch(self, h: _Handler, method: str, target: str, headers: dict[str, str],
+                  body: bytes, oversized: bool) -> None:
+        path, _, query = target.partition("?")
+        if path.startswith("/_mock/"):
+            reply = self._control(method, path, query, body)
+            h._write(reply.status, reply.body, reply.ctype, reply.headers)
+            return
+        if path == "/health" and method in ("GET", "POST"):
+            h._write(200, b'{"status":"ok"}')
+            return
+        route = self._route(method, path)
+        if route is None:  # gin: unmatched routes 404 before any auth middleware
+            self._record(method, path, 404, 0, len(body))
+            h._write(404, b"404 page not found", TEXT)
+            return
+        handler, arg = route
+        cfg = self._faults.config
+        latency = cfg.latency_ms / 1000.0
+
+        fail = self._faults.fail_all_status()
+        if fail is not None:
+            self._faults.note(f"fail_all_{fail}")
+            reply = self._status_reply(fail, retry_after=cfg.retry_after_s)
+            return self._finish(h, method, path, reply, latency, self._count_events(path, body), body)
+
+        auth = self._auth(headers)
+        if auth is not None:
+            return self._finish(h, method, path, auth, latency, 0, body)
+
+        outcome = OK
+        if cfg.fault_scope == "all" or path in _INGEST_PATHS:
+            outcome = self._faults.draw()
+        if outcome != OK and outcome not in ("slow", "ack_lost"):
+            if outcome in DROP_OUTCOMES:  # reset / hang: nothing processed, no response
+                self._sleep(latency + (cfg.hang_s if outcome == "hang" else 0.0))
+                self._record(method, path, 0, self._count_events(path, body), len(body))
+                h._drop()
+                return
+            if outcome == "429_no_retry_after":
+                reply = self._status_reply(429, retry_after=None)
+            else:
+                reply = self._status_reply(int(outcome[:3]), retry_after=cfg.retry_after_s)
+            return self._finish(h, method, path, reply, latency, self._count_events(path, body), body)
+
+        if oversized and path in _INGEST_PATHS:
+            reply, n_events = self._error(400, MSG_BODY_TOO_LARGE), 0
+        else:
+            try:
+                reply, n_events = handler(body, query, arg)
+            except RequestError as e:
+                reply = self._error(e.status, e.message, e.details)
+                n_events = getattr(e, "n_events", 0)
+        if outcome == "ack_lost":  # processed (and stored) -- then the answer is lost
+            self._sleep(latency)
+            self._record(method, path, 0, n_events, len(body))
+            h._drop()
+            return
+        if outcome == "slow":
+            latency += cfg.slow_ms / 1000.0
+        self._finish(h, method, path, reply, latency, n_events, body)
+
+    def _finish(self, h: _Handler, method: str, path: str, reply: _Reply, latency: float,
+                n_events: int, body: bytes) -> None:
+        self._sleep(latency)
+        self._record(method, path, reply.status, n_events, len(body))
+        h._write(reply.status, reply.body, reply.ctype, reply.headers)
+
+    def _record(self, method: str, path: str, status: int, n_events: int, nbytes: int) -> None:
+        route = f"{method} {path}"
+        with self._stats_lock:
+            self._by_status[status] = self._by_status.get(status, 0) + 1
+            self._by_route[route] = self._by_route.get(route, 0) + 1
+            self._bytes_in += nbytes
+        self._log.append(RequestRecord(method, path, status, n_events))
+
+    def _route(self, method: str, path: str) -> tuple | None:
+        if method == "POST":
+            if path == "/v1/events":
+                return self._ingest_single, None
+            if path == "/v1/events/bulk":
+                return self._ingest_bulk, None
+            if path == "/v1/events/query":
+                return self._query_events_post, None
+            if path == "/v1/features/search":
+                return self._search_features, None
+        elif method == "GET":
+            if path == "/v1/events":
+                return self._query_events_get, None
+            prefix = "/v1/customers/external/"
+            if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix):]:
+                return self._get_customer, unquote(path[len(prefix):])
+        return None
+
+    def _auth(self, headers: dict[str, str]) -> _Reply | None:
+        key = headers.get("x-api-key", "")
+        if key and key == self.api_key:
+            return None
+        if key and self.forbidden_key is not None and key == self.forbidden_key:
+            return _Reply(403, error_body(403, "insufficient permissions", style=self.error_style))
+        authz = headers.get("authorization", "")
+        if not authz:
+            msg = "Unauthorized"
+        elif not authz.startswith("Bearer "):
+            msg = "Invalid authorization header format"
+        else:
+            msg = "Invalid token"
+        return _Reply(401, orjson.dumps({"error": msg}))
+
+    def _status_reply(self, status: int, retry_after: int | None) -> _Reply:
+        if status == 401:
+            return _Reply(401, b'{"error":"Unauthorized"}')
+        if status in _GATEWAY_HTML:
+            return _Reply(status, _GATEWAY_HTML[status], HTML)
+        headers: tuple = ()
+        if status == 429 and retry_after is not None:
+            headers = (("Retry-After", str(retry_after)),)
+        return _Reply(status, error_body(status, style=self.error_style), JSON, headers)
+
+    def _error(self, status: int, message: str, details: dict | None = None) -> _Reply:
+        return _Reply(status, error_body(status, message, details, style=self.error_style))
+
+    @staticmethod
+    def _count_events(path: str, body: bytes) -> int:
+        if path == "/v1/events":
+            return 1
+        if path == "/v1/events/bulk":
+            try:
+                events = orjson.loads(body).get("events")
+                return len(events) if isinstance(events, list) else 0
+            except (orjson.JSONDecodeError, AttributeError):
+                return 0
+        return 0
+
+    # -- ingestion -----------------------------------------------------------------------
+
+    def _prepare(self, ev: dict, ts: int | None) -> tuple[str, int, bytes]:
+        """(event_id, ts_ms, canonical bytes of the event as stored)."""
+        eid = ev.get("event_id")
+        filled = ev
+        if not eid:
+            eid = "event_" + new_ulid(self._ids)
+            filled = {**ev, "event_id": eid}
+        if ts is None or ts == _GO_ZERO_TIME_MS:
+            ts = now_ms()
+            filled = {**filled, "timestamp": format_ms(ts)}
+        canon = orjson.dumps(filled) if self.fast else orjson.dumps(filled, option=_SORT)
+        return eid, ts, canon
+
+    def _is_rejected(self, ev: dict) -> bool:
+        eng = self._faults
+        cfg = eng.config
+        if not cfg.reject_every_nth and not cfg.reject_event_ids:
+            return False
+        eid = ev.get("event_id")
+        return eng.rejects(eid, b"" if eid else orjson.dumps(ev, option=_SORT))
+
+    def _bind(self, ev: object, where: str) -> int | None:
+        """gin binding of one IngestEventRequest; returns the timestamp (ms) or None."""
+        if self.fast:
+            if type(ev) is not dict:
+                raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: {where}: must be a JSON object")
+            ts = ev.get("timestamp")
+            if ts is None:
+                return None
+            ms = parse_rfc3339_ms(ts) if type(ts) is str else None
+            if ms is None:
+                raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: {where}.timestamp: invalid")
+            return ms
+        err, ms = bind_event(ev, where)
+        if err is not None:
+            raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: {err}", {"error": err})
+        return ms
+
+    def _ingest_single(self, body: bytes, _query: str, _arg: object) -> tuple[_Reply, int]:
+        try:
+            ev = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise RequestError(400, MSG_INVALID_PAYLOAD, {"error": f"invalid JSON: {e}"}) from None
+        ts = self._bind(ev, "event")
+        missing = missing_required(ev)
+        if missing:  # binding:"required" -> a bind error on this endpoint
+            raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: {missing} is required",
+                               go_required_detail("IngestEventRequest", missing))
+        if self._is_rejected(ev):
+            self._note_rejected(1)
+            raise RequestError(400, f"{MSG_VALIDATION_FAILED}: event rejected by the server",
+                               {"event_id": ev.get("event_id", ""), "rule": "mock_reject"})
+        item = self._prepare(ev, ts)
+        self._store.add([item])
+        msg = orjson.dumps({"message": "Event accepted for processing", "event_id": item[0]})
+        return _Reply(202, msg), 1
+
+    def _ingest_bulk(self, body: bytes, _query: str, _arg: object) -> tuple[_Reply, int]:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise RequestError(400, MSG_INVALID_PAYLOAD, {"error": f"invalid JSON: {e}"}) from None
+        if type(data) is not dict:
+            raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: body must be a JSON object")
+        events = data.get("events")
+        if events is not None and type(events) is not list:
+            raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: events must be an array")
+        n = len(events) if events else 0
+        bind = self._bind
+        try:
+            stamps = [bind(ev, f"events[{i}]") for i, ev in enumerate(events or ())]
+        except RequestError as e:
+            e.n_events = n  # type: ignore[attr-defined]
+            raise
+        if events is None:
+            raise RequestError(400, f"{MSG_VALIDATION_FAILED}: events is required",
+                               bulk_count_detail("required"))
+        if n == 0 or n > MAX_BULK_EVENTS:
+            tag = "min" if n == 0 else "max"
+            err = RequestError(400, f"{MSG_VALIDATION_FAILED}: events must hold 1..{MAX_BULK_EVENTS} "
+                                    f"items, got {n}", bulk_count_detail(tag))
+            err.n_events = n  # type: ignore[attr-defined]
+            raise err
+        items = []
+        prepare = self._prepare
+        check_reject = bool(self._faults.config.reject_every_nth or self._faults.config.reject_event_ids)
+        for i, ev in enumerate(events):
+            missing = missing_required(ev)
+            if missing or (check_reject and self._is_rejected(ev)):
+                # The server publishes event by event: earlier ones are already queued.
+                if self._faults.config.bulk_partial_publish:
+                    self._store.add(items)
+                if missing:
+                    details = {**go_required_detail("IngestEventRequest", missing), "event_index": i}
+                    msg = f"{MSG_VALIDATION_FAILED}: events[{i}].{missing} is required"
+                else:
+                    self._note_rejected(1)
+                    details = {"event_index": i, "event_id": ev.get("event_id", ""), "rule": "mock_reject"}
+                    msg = f"{MSG_VALIDATION_FAILED}: events[{i}] rejected by the server"
+                err = RequestError(400, msg, details)
+                err.n_events = n  # type: ignore[attr-defined]
+                raise err
+            items.append(prepare(ev, stamps[i]))
+        self._store.add(items)
+        return _Reply(202, b'{"message":"Events accepted for processing"}'), n
+
+    def _note_rejected(self, n: int) -> None:
+        with self._stats_lock:
+            self._rejected_events += n
+
+    # -- read back -----------------------------------------------------------------------
+
+    def _query_events_post(self, body: bytes, _query: str, _arg: object) -> tuple[_Reply, int]:
+        try:
+            req = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise RequestError(400, MSG_CHECK_PAYLOAD) from None
+        if type(req) is not dict:
+            raise RequestError(400, MSG_CHECK_PAYLOAD)
+        for k in ("external_customer_id", "event_name", "event_id", "iter_first_key", "iter_last_key",
+                  "source", "sort", "order", "start_time", "end_time"):
+            if req.get(k) is not None and type(req[k]) is not str:
+                raise RequestError(400, MSG_CHECK_PAYLOAD, {"error": f"{k} must be a string"})
+        for k in ("page_size", "offset"):
+            if req.get(k) is not None and type(req[k]) is not int:
+                raise RequestError(400, MSG_CHECK_PAYLOAD, {"error": f"{k} must be an integer"})
+        pf = req.get("property_filters")
+        if pf is not None and (type(pf) is not dict or not all(
+                type(v) is list and all(type(x) is str for x in v) for v in pf.values())):
+            raise RequestError(400, MSG_CHECK_PAYLOAD, {"error": "property_filters must map to string lists"})
+        page_size = req.get("page_size") or 0
+        return self._query_events(req, page_size if page_size > 0 else 50, req.get("offset") or 0)
+
+    def _query_events_get(self, _body: bytes, query: str, _arg: object) -> tuple[_Reply, int]:
+        q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        req: dict = {k: q[k] for k in ("external_customer_id", "event_name", "event_id", "iter_first_key",
+                                       "iter_last_key", "source", "start_time", "end_time") if q.get(k)}
+        for k in ("sort", "order"):
+            if q.get(k):
+                req[k] = q[k]
+        pfs: dict[str, list[str]] = {}
+        for group in (q.get("property_filters") or "").split(";"):
+            parts = group.split(":")
+            if len(parts) == 2:
+                pfs[parts[0]] = parts[1].split(",")
+        if pfs:
+            req["property_filters"] = pfs
+        page_size = 50
+        try:
+            ps = int(q.get("page_size", ""))
+            if 0 < ps <= 50:
+                page_size = ps
+        except ValueError:
+            pass
+        offset = 0
+        try:
+            offset = max(int(q.get("offset", "")), 0)
+        except ValueError:
+            pass
+        return self._query_events(req, page_size, offset)
+
+    def _query_events(self, req: dict, page_size: int, offset: int) -> tuple[_Reply, int]:
+        end = self._req_time(req.get("end_time"))
+        start = self._req_time(req.get("start_time"))
+        if end is None:
+            end = now_ms()
+        if start is None:
+            start = end - 7 * 86_400_000
+        if end < start:
+            raise RequestError(400, MSG_CHECK_PAYLOAD, {"error": "end time must be after start time"})
+        sort = req.get("sort") or "timestamp"
+        order = req.get("order") or "desc"
+        if sort not in ("timestamp", "event_name"):
+            raise RequestError(400, "Request validation failed due to invalid sort field",
+                               {"sort": sort, "allowed_values": ["timestamp", "event_name"]})
+        if order not in ("asc", "desc"):
+            raise RequestError(400, "Request validation failed due to invalid order by value",
+                               {"order": order, "allowed_values": ["asc", "desc"]})
+        iter_first = self._parse_iter(req.get("iter_first_key"))
+        iter_last = self._parse_iter(req.get("iter_last_key"))
+        offset = max(offset, 0)
+
+        want_id = req.get("event_id")
+        want_cust = req.get("external_customer_id")
+        want_name = req.get("event_name")
+        want_src = req.get("source")
+        pfs = {k: v for k, v in (req.get("property_filters") or {}).items() if v}
+        rows = []
+        for eid, ts, raw in self._store.rows():
+            if ts < start or ts > end or (want_id and eid != want_id):
+                continue
+            if iter_first is not None:
+                if (ts * 1_000_000, eid) <= iter_first:
+                    continue
+            elif iter_last is not None and (ts * 1_000_000, eid) >= iter_last:
+                continue
+            ev = orjson.loads(raw)
+            if want_cust and ev.get("external_customer_id") != want_cust:
+                continue
+            if want_name and (ev.get("event_name") or "").strip() != want_name:
+                continue
+            if want_src and ev.get("source") != want_src:
+                continue
+            if pfs:
+                props = ev.get("properties") or {}
+                # ClickHouse JSONExtractString: only string-valued properties match
+                if not all(type(props.get(k)) is str and props[k] in vals for k, vals in pfs.items()):
+                    continue
+            rows.append((ts, eid, ev))
+        total = len(rows)
+        rows.sort(key=lambda r: r[1], reverse=True)  # secondary key: id DESC
+        if sort == "timestamp":
+            rows.sort(key=lambda r: r[0], reverse=order == "desc")
+        else:
+            rows.sort(key=lambda r: (r[2].get("event_name") or "").strip(), reverse=order == "desc")
+        cursor_mode = bool(req.get("iter_first_key") or req.get("iter_last_key"))
+        resp: dict = {"events": [], "has_more": False}
+        if cursor_mode:
+            page = rows[: page_size + 1]
+            has_more = len(page) > page_size
+            page = page[:page_size]
+            resp["has_more"] = has_more
+            if page:
+                resp["iter_first_key"] = self._iter_key(page[0])
+                if has_more:
+                    resp["iter_last_key"] = self._iter_key(page[-1])
+        else:
+            page = rows[offset: offset + page_size]
+            if page:
+                resp["iter_first_key"] = self._iter_key(page[0])
+                resp["iter_last_key"] = self._iter_key(page[-1])
+            resp["has_more"] = total > page_size and offset + page_size < total
+            resp["offset"] = offset + page_size
+        if total:
+            resp["total_count"] = total
+        resp["events"] = [self._event_out(ts, eid, ev) for ts, eid, ev in page]
+        return _Reply(200, orjson.dumps(resp)), 0
+
+    @staticmethod
+    def _req_time(value: str | None) -> int | None:
+        if not value:
+            return None
+        ms = parse_rfc3339_ms(value)
+        if ms is None:
+            raise RequestError(400, MSG_CHECK_PAYLOAD, {"error": f"invalid time {value!r}"})
+        return ms
+
+    @staticmethod
+    def _parse_iter(key: str | None) -> tuple[int, str] | None:
+        if not key:
+            return None
+        parts = key.split("::")
+        if len(parts) != 2:
+            raise RequestError(400, "Invalid cursor key format")
+        try:
+            return int(parts[0]), parts[1]
+        except ValueError:
+            raise RequestError(400, "Invalid timestamp while parsing cursor") from None
+
+    @staticmethod
+    def _iter_key(row: tuple) -> str:
+        return f"{row[0] * 1_000_000}::{row[1]}"
+
+    def _event_out(self, ts: int, eid: str, ev: dict) -> dict:
+        return {
+            "id": eid,
+            "external_customer_id": ev.get("external_customer_id") or "",
+            "customer_id": ev.get("customer_id") or "",
+            "event_name": (ev.get("event_name") or "").strip(),
+            "timestamp": format_ms(ts),
+            "properties": ev.get("properties") or {},
+            "source": ev.get("source") or "",
+            "environment_id": self.environment_id,
+        }
+
+    # -- catalogue -----------------------------------------------------------------------
+
+    def _search_features(self, body: bytes, _query: str, _arg: object) -> tuple[_Reply, int]:
+        try:
+            flt = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError:
+            raise RequestError(400, "Invalid filter parameters") from None
+        if type(flt) is not dict:
+            raise RequestError(400, "Invalid filter parameters")
+        limit = flt.get("limit")
+        offset = flt.get("offset")
+        if limit is None or limit == 0:
+            limit = 50
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise RequestError(400, MSG_VALIDATION_FAILED, {"Limit": "must be between 1 and 1000"})
+        if offset is None:
+            offset = 0
+        if type(offset) is not int or offset < 0:
+            raise RequestError(400, MSG_VALIDATION_FAILED, {"Offset": "must be >= 0"})
+        for k in ("feature_ids", "meter_ids", "lookup_keys"):
+            v = flt.get(k)
+            if v is not None and (type(v) is not list or not all(type(x) is str for x in v)):
+                raise RequestError(400, "Invalid filter parameters", {"error": f"{k} must be a string list"})
+        items, total = self.catalog.search_features(flt)
+        resp = {"items": items[offset: offset + limit],
+                "pagination": {"total": total, "limit": limit, "offset": offset}}
+        return _Reply(200, orjson.dumps(resp)), 0
+
+    def _get_customer(self, _body: bytes, _query: str, external_id: object) -> tuple[_Reply, int]:
+        cust = self.catalog.get_customer(str(external_id))
+        if cust is None:
+            raise RequestError(404, f"Customer with lookup key {external_id} was not found",
+                               {"lookup_key": external_id})
+        return _Reply(200, orjson.dumps(cust)), 0
+
+    # -- control API ---------------------------------------------------------------------
+
+    def _control(self, method: str, path: str, query: str, body: bytes) -> _Reply:
+        try:
+            return self._control_inner(method, path, query, body)
+        except (ValueError, TypeError, KeyError) as e:
+            return _Reply(400, orjson.dumps({"error": str(e)}))
+
+    def _control_inner(self, method: str, path: str, query: str, body: bytes) -> _Reply:
+        q = {k: v[-1] for k, v in parse_qs(query).items()}
+        data: Any = orjson.loads(body) if body.strip() else None
+        ok = b'{"status":"ok"}'
+        if method == "GET":
+            if path == "/_mock/stats":
+                return _Reply(200, orjson.dumps(self.stats()))
+            if path == "/_mock/events":
+                evs = self.events()
+                off = int(q.get("offset", 0))
+                lim = int(q["limit"]) if "limit" in q else len(evs)
+                return _Reply(200, orjson.dumps({"count": len(evs), "events": evs[off: off + lim]}))
+            if path == "/_mock/duplicates":
+                d = self.duplicates()
+                return _Reply(200, orjson.dumps({"count": len(d), "duplicates": d}))
+            if path == "/_mock/conflicts":
+                c = self.distinct_conflicts()
+                return _Reply(200, orjson.dumps({"count": len(c), "conflicts": c}))
+            if path == "/_mock/requests":
+                return _Reply(200, orjson.dumps({"requests": [list(r) for r in self.requests_log]}))
+            if path == "/_mock/faults":
+                return _Reply(200, orjson.dumps(self.faults))
+            if path == "/_mock/health":
+                return _Reply(200, ok)
+        elif method == "POST":
+            if path == "/_mock/faults":
+                cfg = dict(data or {})
+                merge = cfg.pop("merge", False) or q.get("merge") in ("1", "true")
+                new = self.update_faults(**cfg) if merge else self.set_faults(cfg)
+                return _Reply(200, orjson.dumps(new))
+            if path == "/_mock/reset":
+                opts = data or {}
+                self.reset(faults=bool(opts.get("faults", True)), catalog=bool(opts.get("catalog", False)))
+                return _Reply(200, ok)
+            if path == "/_mock/customers":
+                rows = data.get("customers", [data]) if isinstance(data, dict) else data
+                made = [self.add_customer(**r) for r in rows]
+                return _Reply(200, orjson.dumps({"customers": made}))
+            if path == "/_mock/features":
+                rows = data.get("features", [data]) if isinstance(data, dict) else data
+                made = [self.add_feature(**r) for r in rows]
+                return _Reply(200, orjson.dumps({"features": made}))
+            if path == "/_mock/api-key":
+                if not isinstance(data, dict) or not isinstance(data.get("api_key"), str):
+                    raise ValueError('body must be {"api_key": "...", "forbidden_key"?: "..."}')
+                if "forbidden_key" in data:
+                    self.set_api_key(data["api_key"], data["forbidden_key"])
+                else:
+                    self.set_api_key(data["api_key"])
+                return _Reply(200, ok)
+            if path == "/_mock/seed-defaults":
+                self.seed_defaults()
+                return _Reply(200, ok)
+        return _Reply(404, orjson.dumps({"error": f"no control endpoint {method} {path}"}))
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flexprice-beam mock-server",
+                                description="Local Flexprice stand-in with fault injection.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=18080, help="0 = any free port")
+    p.add_argument("--api-key", default="test-key")
+    p.add_argument("--forbidden-key", default="forbidden-key", help="a key answered 403")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--fault-rate", type=float, default=0.0,
+                   help="probability of a transient fault per ingest request, spread evenly over "
+                        "429/500/502/503/reset/ack_lost")
+    p.add_argument("--faults", default=None,
+                   help="full fault config as JSON, or @path to a JSON file (other flags override)")
+    p.add_argument("--seed", type=int, default=None, help="seed for the fault RNG")
+    p.add_argument("--reject-every-nth", type=int, default=None)
+    p.add_argument("--fail-all-status", type=int, default=None)
+    p.add_argument("--fail-all-duration-s", type=float, default=None)
+    p.add_argument("--retry-after-s", type=int, default=None)
+    p.add_argument("--seed-defaults", action="store_true",
+                   help="create customers cust_001..003 and features for api.request/storage.gb")
+    p.add_argument("--fast", action="store_true", help="skip deep per-event type validation")
+    p.add_argument("--error-style", choices=("flat", "nested"), default="flat")
+    p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    cfg: dict = {}
+    if args.faults:
+        text = args.faults
+        try:
+            if text.startswith("@"):
+                with open(text[1:], encoding="utf-8") as fh:
+                    text = fh.read()
+            cfg = json.loads(text)
+        except (OSError, ValueError) as e:
+            print(f"error: --faults: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(cfg, dict):
+            print("error: --faults must be a JSON object", file=sys.stderr)
+            return 2
+    for key in ("fault_rate", "seed", "reject_every_nth", "fail_all_status", "fail_all_duration_s",
+                "retry_after_s"):
+        val = getattr(args, key)
+        if val is not None and not (key == "fault_rate" and val == 0):
+            cfg[key] = val
+    if args.latency_ms:
+        cfg["latency_ms"] = args.latency_ms
+    try:
+        mock = MockFlexprice(args.host, args.port, args.api_key, forbidden_key=args.forbidden_key,
+                             faults=cfg, fast=args.fast, error_style=args.error_style,
+                             seed_defaults=args.seed_defaults, verbose=args.verbose)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        mock.start()
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
+    # A dedicated server process: keep the cyclic GC from rescanning every parsed batch.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    print(f"Flexprice stand-in listening on {mock.url}", flush=True)
+    stop = threading.Event()
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    except ValueError:  # not the main thread: rely on the caller
+        pass
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        mock.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The collector pipeline, shaped like the seed's diagram:
+
+    source → map → validate → sink (WriteToFlexprice) → dead letters
+
+Every arrow carries lists of events (batch early: Beam's per-element overhead is larger
+than the work per event); dead letters are per event on tagged outputs and all end in
+one ``WriteDeadLetters``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from flexprice_beam.config import CollectorConfig
+from flexprice_beam.io.dead_letter import WriteDeadLetters
+from flexprice_beam.io.generate import GenerateEvents
+from flexprice_beam.io.sink import WriteToFlexprice
+from flexprice_beam.transforms.mapping import DEAD_LETTER, MapRecords
+from flexprice_beam.transforms.validate import ValidateEvents
+
+log = logging.getLogger("flexprice_beam.pipeline")
+
+
+class CollectorOptions(PipelineOptions):
+    """Options of our own; everything else is passed to Beam untouched."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--config", "-c", dest="config", default=None,
+                            help="collector YAML config (see examples/)")
+        parser.add_argument("--dry_run_events", default=None,
+                            help="dry run: write the events that would be sent to this "
+                                 "JSON Lines file instead of posting them")
+
+
+def is_streaming(p: beam.Pipeline) -> bool:
+    return bool(p.options.view_as(StandardOptions).streaming)
+
+
+def read_records(cfg: CollectorConfig, streaming: bool) -> beam.PTransform:
+    """The configured source as a PTransform PBegin → PCollection[list[Record]]."""
+    if cfg.input.generate is not None:
+        return GenerateEvents(cfg.input.generate)
+    from flexprice_beam.io.kafka import ReadKafkaRecords  # Java expansion only when used
+
+    # Streaming runners commit offsets when a checkpoint that covers delivery completes;
+    # bounded runs commit once at the end (CommitDeliveredOffsets).
+    return ReadKafkaRecords(cfg.input.kafka, commit_in_finalize=streaming)
+
+
+@dataclass
+class CollectorOutputs:
+    deliveries: beam.PCollection | None
+    dead_letters: beam.PCollection
+    extra: dict = field(default_factory=dict)
+
+
+def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None = None
+          ) -> CollectorOutputs:
+    """Add the collector to ``p``; ``sink`` replaces WriteToFlexprice (dry runs, benchmarks)."""
+    streaming = is_streaming(p)
+    records = p | "Read" >> read_records(cfg, streaming)
+    mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
+        DEAD_LETTER, main="events")
+    valid = mapped.events | "Validate" >> beam.ParDo(ValidateEvents()).with_outputs(
+        DEAD_LETTER, main="valid")
+    written = valid.valid | "WriteToFlexprice" >> (sink or WriteToFlexprice(cfg.output.flexprice))
+    dead = [mapped[DEAD_LETTER], valid[DEAD_LETTER]]
+    deliveries = None
+    if isinstance(written, beam.pvalue.DoOutputsTuple):
+        dead.append(written[DEAD_LETTER])
+        deliveries = written.deliveries
+    dead_letters = tuple(dead) | "CollectDeadLetters" >> beam.Flatten()
+    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(cfg.output.dead_letter.path)
+    if cfg.input.kafka is not None and deliveries is not None and not streaming:
+        from flexprice_beam.io.kafka import CommitDeliveredOffsets
+
+        (deliveries, dead_letters) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
+            cfg.input.kafka)
+    return CollectorOutputs(deliveries, dead_letters)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Command 2 of the README (what .ci/run calls): install everything, start the real
+# components the tests need (Kafka broker, Flink cluster), run pytest, stop them again.
+#
+#   ./scripts/test.sh                 # everything
+#   ./scripts/test.sh -k sink         # extra arguments go to pytest
+#   SKIP_SERVICES=1 ./scripts/test.sh tests/test_config.py   # no broker/cluster needed
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+mkdir -p .cache
+started=$(date +%s)
+./scripts/bootstrap.sh
+
+stop_services() {
+  [ -x scripts/flink.sh ] && scripts/flink.sh stop >/dev/null 2>&1 || true
+  [ -x scripts/kafka.sh ] && scripts/kafka.sh stop >/dev/null 2>&1 || true
+}
+if [ -z "${SKIP_SERVICES:-}" ]; then
+  trap stop_services EXIT
+  if [ -x scripts/kafka.sh ]; then
+    scripts/kafka.sh install
+    scripts/kafka.sh start
+    scripts/kafka.sh wait
+    eval "$(scripts/kafka.sh env)"
+  fi
+  if [ -x scripts/flink.sh ]; then
+    scripts/flink.sh install
+    scripts/flink.sh start
+    eval "$(scripts/flink.sh env)"
+  fi
+  echo "test.sh: services ready after $(( $(date +%s) - started ))s"
+fi
+
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+  echo "test.sh: pytest collected no tests — that is a failure here" >&2
+  status=1
+fi
+echo "test.sh: finished in $(( $(date +%s) - started ))s with status $status"
+exit "$status"
