@@ -17,6 +17,8 @@ from flexprice_beam.config import CollectorConfig, ConfigError, load_config
 from flexprice_beam.logs import setup_logging
 
 log = logging.getLogger("flexprice_beam")
+# apache_beam warns at import about optional GCP clients we do not use; keep the output clean.
+logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
 
 
 def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -13,8 +13,10 @@ stamp=.venv/.flexprice-beam-installed
 want="$(cat requirements.txt requirements-dev.txt setup.py | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python dependencies (first run takes a minute or two)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements-dev.txt
-  .venv/bin/python -m pip install -q --no-deps -e .
+  log=.venv/bootstrap.log
+  { .venv/bin/python -m pip install --upgrade pip &&
+    .venv/bin/python -m pip install -r requirements-dev.txt &&
+    .venv/bin/python -m pip install --no-deps -e . ; } > "$log" 2>&1 ||
+    { tail -40 "$log"; echo "bootstrap: pip install failed (full log: $log)" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
