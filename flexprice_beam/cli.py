@@ -2,6 +2,8 @@
 
     flexprice-beam run -c examples/generate.yaml [-- --runner=FlinkRunner …]
     flexprice-beam lint -c my.yaml
+    flexprice-beam check -c my.yaml                      # preflight, sends no events
+    flexprice-beam replay-dead-letters -c my.yaml [--stage delivery] [--since RFC3339]
     flexprice-beam mock-server --port 18080
 """
 
@@ -15,6 +17,7 @@ import sys
 from flexprice_beam import __version__
 from flexprice_beam.config import CollectorConfig, ConfigError, load_config
 from flexprice_beam.logs import setup_logging
+from flexprice_beam.ops import commands as ops_commands
 
 log = logging.getLogger("flexprice_beam")
 # apache_beam warns at import about optional GCP clients we do not use; keep the output clean.
@@ -66,13 +69,20 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(args.log_level or cfg.logger.level, args.log_format or cfg.logger.format)
-    sink = None
+    sink = dead_sink = None
     if args.dry_run:
+        from flexprice_beam.io.dead_letter import PrintDeadLetters
         from flexprice_beam.io.dry_run import DryRunSink
 
         sink = DryRunSink(args.dry_run_output)
+        dead_sink = PrintDeadLetters(args.dry_run_dead_letters)
+    metrics = None
+    if not args.no_metrics and (args.metrics_address or cfg.metrics.enabled):
+        metrics = args.metrics_address or cfg.metrics.address
     try:
-        summary = runner.run(cfg, beam_args, sink=sink)
+        summary = runner.run(cfg, beam_args, sink=sink, dead_letter_sink=dead_sink,
+                             metrics=metrics, progress=args.progress,
+                             status_interval=args.status_interval)
     except Exception as exc:  # construction errors: bad options, unreachable expansion service
         log.error("Could not start the pipeline: %s", exc)
         return 2
@@ -107,11 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.add_argument("--log-format", choices=["text", "json"])
     run.add_argument("--summary-json", help="also write the run summary to this file")
+    run.add_argument("--dry-run-dead-letters", default="-",
+                     help="where a dry run writes its dead letters (JSON Lines, - = stderr); "
+                          "the dead-letter directory is left alone")
+    run.add_argument("--metrics-address",
+                     help="serve /metrics, /ping, /stats here (default: metrics.address, "
+                          "0.0.0.0:4195)")
+    run.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
+    run.add_argument("--progress", choices=["auto", "bar", "lines", "off"], default="auto",
+                     help="bar (bounded runs), status lines (unbounded), or off; auto picks")
+    run.add_argument("--status-interval", type=float, default=10.0,
+                     help="seconds between status lines (default 10)")
 
     lint = sub.add_parser("lint", help="validate a config file (exit 0 or 1)")
     lint.add_argument("-c", "--config", required=True)
 
     sub.add_parser("mock-server", help="start the local Flexprice stand-in", add_help=False)
+    ops_commands.add_parsers(sub)
     return parser
 
 
@@ -127,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_lint(args)
     if args.command == "run":
         return cmd_run(args, beam_args)
+    if args.command in ops_commands.COMMANDS:
+        return ops_commands.COMMANDS[args.command](args)
     return 2
 
 

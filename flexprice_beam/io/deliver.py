@@ -7,6 +7,9 @@
 * 401/403: raise ``FlexpriceAuthError`` and stop every other sender at once.
 * 429, 5xx, connection errors, timeouts: back off (honouring ``Retry-After``) and retry;
   when the retry budget is spent, dead-letter with the last error rather than lose it.
+
+Per-event log lines follow the seed ("📤 Sending event …", "✅ Event accepted …"): every
+event at DEBUG, a sample (the first few, then every 1000th) at INFO.
 """
 
 from __future__ import annotations
@@ -17,9 +20,22 @@ from dataclasses import dataclass
 
 from flexprice_beam.io.client import Answer, FlexpriceAuthError, FlexpriceClient, Kind
 from flexprice_beam.io.retry import RetryPolicy, Throttle
+from flexprice_beam.logs import Sampler, log_events
 from flexprice_beam.transforms.validate import Prepared
 
 log = logging.getLogger("flexprice_beam.sink")
+_SENDING = Sampler()
+_ACCEPTED = Sampler()
+#: A failed group larger than this is logged as one line (its events are in the dead letters).
+_LOG_EACH_FAILURE = 3
+
+
+def _name_and_customer(item: Prepared) -> tuple:
+    return item.event["event_name"], item.event["external_customer_id"]
+
+
+def _event_id(item: Prepared) -> tuple:
+    return (item.event["event_id"],)
 
 
 @dataclass(slots=True)
@@ -55,6 +71,8 @@ class EventDeliverer:
 
     def deliver(self, items: list[Prepared]) -> BatchOutcome:
         outcome = BatchOutcome([], retries={}, latencies=[])
+        log_events(log, _SENDING, items, "📤 Sending event: %s for customer: %s",
+                   _name_and_customer)
         if self.single:
             for item in items:
                 self._send([item], outcome)
@@ -67,9 +85,7 @@ class EventDeliverer:
         kind = answer.kind
         if kind is Kind.ACCEPTED:
             outcome.deliveries.extend(Delivery(i, True, attempts, answer.status) for i in items)
-            if log.isEnabledFor(logging.DEBUG):
-                for i in items:
-                    log.debug("Event accepted successfully, ID: %s", i.event["event_id"])
+            log_events(log, _ACCEPTED, items, "✅ Event accepted successfully, ID: %s", _event_id)
         elif kind is Kind.REJECTED and len(items) > 1:
             mid = len(items) // 2
             log.info("Flexprice rejected a batch of %d (%s); isolating the bad events",
@@ -78,14 +94,25 @@ class EventDeliverer:
             self._send(items[mid:], outcome)
         else:
             why = answer.describe()
+            level = logging.WARNING
             if kind is Kind.RETRY:
                 why = f"gave up after {attempts} attempts: {why}"
-            for i in items:
-                log.warning("Failed to send event %s (%s for customer %s): %s",
-                            i.event["event_id"], i.event["event_name"],
-                            i.event["external_customer_id"], why[:300])
+                level = logging.ERROR
+            self._log_failure(level, items, why)
             outcome.deliveries.extend(
                 Delivery(i, False, attempts, answer.status, why) for i in items)
+
+    @staticmethod
+    def _log_failure(level: int, items: list[Prepared], why: str) -> None:
+        if len(items) <= _LOG_EACH_FAILURE:
+            for i in items:
+                log.log(level, "Failed to send event %s (%s for customer %s): %s",
+                        i.event["event_id"], i.event["event_name"],
+                        i.event["external_customer_id"], why[:300])
+            return
+        ids = ", ".join(i.event["event_id"] for i in items[:3])
+        log.log(level, "Failed to send %d events (%s, …): %s; they go to the dead letters",
+                len(items), ids, why[:300])
 
     def _attempt_until_final(self, items: list[Prepared], outcome: BatchOutcome) -> tuple[Answer, int]:
         started = time.monotonic()

@@ -6,7 +6,8 @@ import sys
 import threading
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
+
+from flexprice_beam.ops import live
 
 _stdout_lock = threading.Lock()
 
@@ -14,7 +15,7 @@ _stdout_lock = threading.Lock()
 class _WriteEventsFn(beam.DoFn):
     def __init__(self, path: str):
         self._path = path
-        self._would_send = Metrics.counter("flexprice", "events_dry_run")
+        self._would_send = live.counter("events_dry_run")
 
     def setup(self) -> None:
         self._out = sys.stdout.buffer if self._path == "-" else open(self._path, "ab")

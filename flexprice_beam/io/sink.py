@@ -16,15 +16,15 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from flexprice_beam.config import MAX_BODY_BYTES, FlexpriceOutput
 from flexprice_beam.events import dead_letter
-from flexprice_beam.io.client import FlexpriceClient
+from flexprice_beam.io.client import FlexpriceAuthError, FlexpriceClient
 from flexprice_beam.io.deliver import BatchOutcome, Delivery, EventDeliverer
 from flexprice_beam.io.retry import RetryPolicy, Throttle
+from flexprice_beam.ops import live
 from flexprice_beam.transforms.mapping import DEAD_LETTER
 from flexprice_beam.transforms.validate import Prepared
 
@@ -82,14 +82,13 @@ class _FlexpriceSinkFn(beam.DoFn):
 
     def __init__(self, cfg: FlexpriceOutput):
         self._cfg = cfg
-        ns = "flexprice"
-        self._accepted = Metrics.counter(ns, "events_accepted")
-        self._dead = Metrics.counter(ns, "events_dead_lettered_delivery")
-        self._batches = Metrics.counter(ns, "batches_sent")
-        self._requests = Metrics.counter(ns, "requests_sent")
-        self._retries = Metrics.counter(ns, "retries")
-        self._latency = Metrics.distribution(ns, "request_latency_ms")
-        self._in_flight = Metrics.gauge(ns, "batches_in_flight")
+        self._accepted = live.counter("events_accepted")
+        self._dead = live.counter("events_dead_lettered_delivery")
+        self._batches = live.counter("batches_sent")
+        self._requests = live.counter("requests_sent")
+        self._retries = live.counter("retries")
+        self._latency = live.distribution("request_latency_ms")
+        self._in_flight = live.gauge("batches_in_flight")
         self._retry_causes: dict[str, object] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -146,6 +145,7 @@ class _FlexpriceSinkFn(beam.DoFn):
     def _submit(self, batch: list[Prepared]) -> None:
         if batch:
             self._pending.add(self._pool.submit(self._deliverer.deliver, batch))
+            live.LIVE.set_gauge("batches_in_flight", len(self._pending))
 
     def _flush_aged(self) -> None:
         period = max(self._cfg.batching.period, 0.01)
@@ -164,7 +164,12 @@ class _FlexpriceSinkFn(beam.DoFn):
         for fut in done:
             with self._lock:
                 self._pending.discard(fut)
-            yield from self._account(fut.result())  # re-raises FlexpriceAuthError
+            try:
+                outcome = fut.result()
+            except FlexpriceAuthError as exc:
+                live.LIVE.stop(str(exc))  # /ping turns 503 before the runner gives up
+                raise
+            yield from self._account(outcome)
 
     def _account(self, outcome: BatchOutcome):
         self._batches.inc()
@@ -175,7 +180,7 @@ class _FlexpriceSinkFn(beam.DoFn):
             self._retries.inc(n)
             counter = self._retry_causes.get(cause)
             if counter is None:
-                counter = self._retry_causes[cause] = Metrics.counter("flexprice", f"retries_{cause}")
+                counter = self._retry_causes[cause] = live.counter(f"retries_{cause}")
             counter.inc(n)
         accepted = sum(1 for d in outcome.deliveries if d.accepted)
         self._accepted.inc(accepted)

@@ -59,9 +59,10 @@ class CollectorOutputs:
     extra: dict = field(default_factory=dict)
 
 
-def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None = None
-          ) -> CollectorOutputs:
-    """Add the collector to ``p``; ``sink`` replaces WriteToFlexprice (dry runs, benchmarks)."""
+def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None = None,
+          dead_letter_sink: beam.PTransform | None = None) -> CollectorOutputs:
+    """Add the collector to ``p``; ``sink`` replaces WriteToFlexprice (dry runs, benchmarks)
+    and ``dead_letter_sink`` the dead-letter files (a dry run prints them instead)."""
     streaming = is_streaming(p)
     records = p | "Read" >> read_records(cfg, streaming)
     mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
@@ -75,7 +76,8 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
         dead.append(written[DEAD_LETTER])
         deliveries = written.deliveries
     dead_letters = tuple(dead) | "CollectDeadLetters" >> beam.Flatten()
-    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(cfg.output.dead_letter.path)
+    dead_letters | "WriteDeadLetters" >> (
+        dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter.path))
     if cfg.input.kafka is not None and deliveries is not None and not streaming:
         from flexprice_beam.io.kafka import CommitDeliveredOffsets
 

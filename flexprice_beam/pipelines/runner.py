@@ -1,21 +1,25 @@
 """Running the collector and accounting for every event it read.
 
 A bounded run is a success only when ``read = accepted + dead-lettered + filtered``:
-billing data may be rejected, but never silently dropped.
+billing data may be rejected, but never silently dropped.  While a local run goes on, the
+same numbers are served live (``ops.metrics_server``) and drawn (``ops.progress``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from flexprice_beam.config import CollectorConfig
 from flexprice_beam.io.client import FlexpriceAuthError
+from flexprice_beam.ops import live
+from flexprice_beam.ops.metrics_server import MetricsServer
+from flexprice_beam.ops.progress import Progress
 from flexprice_beam.pipelines import collector
 
 log = logging.getLogger("flexprice_beam.run")
@@ -29,12 +33,15 @@ LOCAL_ENGINE = "FnApiRunner"
 class RunSummary:
     read: int = 0
     mapped: int = 0
+    valid: int = 0
     filtered: int = 0
     invalid: int = 0
     mapping_failed: int = 0
     accepted: int = 0
     dead_lettered: int = 0
     dead_lettered_delivery: int = 0
+    #: {stage: {status: n}} from the ``dead_lettered_<stage>_<status>`` counters
+    dead_letters: dict = field(default_factory=dict)
     retries: int = 0
     requests: int = 0
     batches: int = 0
@@ -62,8 +69,7 @@ class RunSummary:
             f"{self.mapping_failed}, invalid {self.invalid})",
             f"accepted:       {self.accepted}" + (
                 f" (dry run: {self.dry_run} would be sent)" if self.dry_run else ""),
-            f"dead-lettered:  {self.dead_lettered} (of which at delivery "
-            f"{self.dead_lettered_delivery})",
+            f"dead-lettered:  {self.dead_lettered}" + self._by_stage(),
             f"retried:        {self.retries} (requests {self.requests}, batches {self.batches})",
             f"took:           {self.seconds:.1f}s ({rate:,.0f} events/s)",
             "reconciled:     " + (
@@ -75,9 +81,25 @@ class RunSummary:
             lines.append(f"error:          {self.error}")
         return "\n".join(lines)
 
+    def _by_stage(self) -> str:
+        if not self.dead_letters:
+            return ""
+        known = ["mapping", "validation", "delivery"]
+        order = known + sorted(set(self.dead_letters) - set(known))
+        parts = []
+        for stage in order:
+            statuses = self.dead_letters.get(stage)
+            if not statuses:
+                continue
+            detail = ", ".join(f"{s if s != 'none' else 'no status'}: {n}"
+                               for s, n in sorted(statuses.items()))
+            parts.append(f"{stage} {sum(statuses.values())} ({detail})")
+        return " — " + "; ".join(parts)
+
 
 _COUNTERS = {
-    "records_read": "read", "events_mapped": "mapped", "events_filtered": "filtered",
+    "records_read": "read", "events_mapped": "mapped", "events_valid": "valid",
+    "events_filtered": "filtered",
     "events_invalid": "invalid", "mapping_failed": "mapping_failed",
     "events_accepted": "accepted", "events_dead_lettered": "dead_lettered",
     "events_dead_lettered_delivery": "dead_lettered_delivery", "retries": "retries",
@@ -87,13 +109,51 @@ _COUNTERS = {
 
 def summarize(result) -> RunSummary:
     summary = RunSummary()
-    counters = result.metrics().query(MetricsFilter())["counters"]
-    for c in counters:
-        attr = _COUNTERS.get(c.key.metric.name)
+    totals: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter())["counters"]:
+        name = c.key.metric.name
+        value = c.committed if c.committed is not None else c.attempted
+        totals[name] = totals.get(name, 0) + int(value or 0)
+    for name, value in totals.items():
+        attr = _COUNTERS.get(name)
         if attr:
-            value = c.committed if c.committed is not None else c.attempted
-            setattr(summary, attr, getattr(summary, attr) + int(value or 0))
+            setattr(summary, attr, value)
+    summary.dead_letters = live.dead_letters_by_stage(totals)
     return summary
+
+
+def expected_total(cfg: CollectorConfig) -> int | None:
+    """How many records a bounded run reads (for the progress bar); None = unbounded."""
+    if cfg.input.generate is not None:
+        return cfg.input.generate.count or None
+    return cfg.input.kafka.max_records if cfg.input.kafka is not None else None
+
+
+def runs_in_process(options: PipelineOptions) -> bool:
+    """Only an in-process runner's DoFns update this process's live registry."""
+    runner = options.view_as(StandardOptions).runner
+    mode = options.view_as(DirectOptions).direct_running_mode
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name in (LOCAL_ENGINE, "DirectRunner", "direct", "SwitchingDirectRunner") and \
+        mode in (None, "in_memory", "multi_threading")
+
+
+def _start_metrics(metrics: str | MetricsServer | None, options: PipelineOptions
+                   ) -> tuple[MetricsServer | None, bool]:
+    """(server, owned): start one for an address; a busy port is a warning, not a failure."""
+    if metrics is None:
+        return None, False
+    if not runs_in_process(options):
+        log.info("Live metrics serve local runs only; use the runner's own metrics "
+                 "(Flink UI, Dataflow monitoring) for this one")
+        return None, False
+    if isinstance(metrics, MetricsServer):
+        return metrics, False
+    try:
+        return MetricsServer(metrics).start(), True
+    except (OSError, ValueError) as exc:
+        log.warning("Metrics endpoint %s not started: %s", metrics, exc)
+        return None, False
 
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
@@ -120,13 +180,24 @@ def _auth_message(exc: BaseException) -> str | None:
 
 
 def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
-        sink: beam.PTransform | None = None, wait: bool = True) -> RunSummary:
-    """Build, run and (for bounded runs) wait; returns the reconciled counts."""
+        sink: beam.PTransform | None = None, wait: bool = True, *,
+        dead_letter_sink: beam.PTransform | None = None,
+        metrics: str | MetricsServer | None = None, progress: str = "off",
+        status_interval: float = 10.0) -> RunSummary:
+    """Build, run and (for bounded runs) wait; returns the reconciled counts.
+
+    ``metrics`` is an address to serve /metrics, /ping and /stats on for the run (or a
+    server the caller started and stops); ``progress`` is auto|bar|lines|off.
+    """
     options = pipeline_options(list(beam_args or []))
     started = time.monotonic()
     p = beam.Pipeline(options=options)
-    collector.build(p, cfg, sink=sink)
+    collector.build(p, cfg, sink=sink, dead_letter_sink=dead_letter_sink)
     source = "generate" if cfg.input.generate is not None else "kafka"
+    total = expected_total(cfg)
+    live.LIVE.begin(total)
+    server, owned = _start_metrics(metrics if wait else None, options)
+    bar = Progress(progress if wait else "off", status_interval, total).start()
     log.info("Input type %s is now active (runner %s)", source,
              options.view_as(StandardOptions).runner)
     summary = RunSummary()
@@ -142,5 +213,11 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
         summary.error = message or f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
         summary.state = "FAILED"
         log.error("Pipeline failed: %s", summary.error)
-    summary.seconds = time.monotonic() - started
+    finally:
+        bar.stop()
+        summary.seconds = time.monotonic() - started
+        if wait:
+            live.LIVE.end("failed" if summary.error else "done", summary.error, summary.as_dict())
+        if owned and server is not None:
+            server.stop()
     return summary

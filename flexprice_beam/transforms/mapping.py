@@ -16,10 +16,10 @@ from typing import Any
 
 import apache_beam as beam
 import jmespath
-from apache_beam.metrics import Metrics
 
 from flexprice_beam.config import PipelineConfig
 from flexprice_beam.events import Record, dead_letter
+from flexprice_beam.ops import live
 
 DEAD_LETTER = "dead_letter"
 FILTERED = object()  # a mapping_fn returned None: the record is dropped on purpose and counted
@@ -128,14 +128,17 @@ class MapRecords(beam.DoFn):
 
     def __init__(self, cfg: PipelineConfig):
         self._cfg = cfg
-        self._mapped = Metrics.counter("flexprice", "events_mapped")
-        self._failed = Metrics.counter("flexprice", "mapping_failed")
-        self._filtered = Metrics.counter("flexprice", "events_filtered")
+        self._mapped = live.counter("events_mapped")
+        self._failed = live.counter("mapping_failed")
+        self._filtered = live.counter("events_filtered")
 
     def setup(self) -> None:
         self._mapper = Mapper(self._cfg)
 
     def process(self, records: list[Record]):
+        # Live "read" is counted here, where every source's records pass (the sources keep
+        # the Beam counter): /stats and the progress bar then work for Kafka input too.
+        live.LIVE.inc("records_read", len(records))
         out = []
         failed = filtered = 0
         for record in records:

@@ -1,0 +1,1 @@
+"""Operating the collector: live metrics, progress, preflight checks, dead-letter replay."""

@@ -1,0 +1,220 @@
+"""``replay-dead-letters``: send dead-lettered events again, once the cause is fixed.
+
+Each event goes out with its original ``event_id`` and ``timestamp`` (the bytes the run
+would have sent), re-validated by ``transforms.validate.prepare`` and delivered by the
+sink's own ``EventDeliverer`` — same batching, retries, 400-isolation and 401 stop — so a
+replay can never bill twice: Flexprice deduplicates equal (event_id, timestamp).
+
+Files are rewritten atomically (temp file + ``os.replace``) keeping only the letters that
+were not replayed (other stage, older than ``--since``, no event — mapping failures) and
+the ones that failed again, with the new reason, status and time.  A file whose writer
+still holds its ``flock`` (a running pipeline) is skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from flexprice_beam.config import CollectorConfig
+from flexprice_beam.events import Record, dead_letter, parse_timestamp
+from flexprice_beam.io.client import FlexpriceAuthError, FlexpriceClient
+from flexprice_beam.io.dead_letter import encode_dead_letter, lock_file
+from flexprice_beam.io.deliver import EventDeliverer
+from flexprice_beam.io.retry import RetryPolicy, Throttle
+from flexprice_beam.io.sink import _BatchBuffer, delivery_dead_letter
+from flexprice_beam.transforms.validate import InvalidEvent, Prepared, prepare
+
+log = logging.getLogger("flexprice_beam.replay")
+
+STAGES = ("mapping", "validation", "delivery")
+
+
+@dataclass
+class ReplayReport:
+    files: int = 0
+    letters: int = 0
+    replayed: int = 0
+    accepted: int = 0
+    failed_again: int = 0
+    kept: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+    error: str | None = None
+    dry_run: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 all replayed accepted; 1 stopped (e.g. 401/403); 3 some failed again."""
+        if self.error:
+            return 1
+        return 3 if self.failed_again else 0
+
+    def render(self) -> str:
+        verb = "would replay" if self.dry_run else "replayed"
+        lines = [
+            f"dead letters:   {self.letters} in {self.files} file(s)",
+            f"{verb + ':':<16}{self.replayed}",
+            f"accepted:       {self.accepted} (removed from the dead letters)",
+            f"failed again:   {self.failed_again} (kept, with the new reason)",
+            f"not replayed:   {self.kept} (other stage, before --since, or no event)",
+        ]
+        if self.skipped_files:
+            lines.append(f"skipped:        {', '.join(self.skipped_files)} (in use by a running "
+                         "pipeline)")
+        if self.error:
+            lines.append(f"error:          {self.error}")
+        return "\n".join(lines)
+
+
+def _selected(letter: Any, stage: str | None, since: dt.datetime | None) -> bool:
+    if not isinstance(letter, dict) or not isinstance(letter.get("event"), dict):
+        return False  # mapping failures carry no event: fix the mapping and re-read instead
+    if stage and letter.get("stage") != stage:
+        return False
+    if since is not None:
+        try:
+            return parse_timestamp(letter.get("time") or "") >= since
+        except ValueError:
+            return False
+    return True
+
+
+def _record(letter: dict) -> Record:
+    event = letter["event"]
+    return Record(letter.get("record_id") or str(event.get("event_id") or ""),
+                  str(event.get("timestamp") or ""), letter.get("record"),
+                  letter.get("origin") or {})
+
+
+def _again(new: dict, old: dict) -> dict:
+    """The new letter, remembering when it first failed and how often it was replayed."""
+    new["first_time"] = old.get("first_time") or old.get("time")
+    new["replays"] = int(old.get("replays") or 0) + 1
+    return new
+
+
+class Replayer:
+    """Replays one file at a time; holds the client and deliverer for the whole run."""
+
+    def __init__(self, cfg: CollectorConfig):
+        out = cfg.output.flexprice
+        self._cfg = out
+        self._client = FlexpriceClient(out)
+        self._deliverer = EventDeliverer(self._client, RetryPolicy.from_config(out.retry),
+                                         Throttle(), single=out.mode == "single")
+
+    def close(self) -> None:
+        self._client.close()
+
+    def deliver(self, items: list[Prepared]) -> dict[int, dict | None]:
+        """id(item) → None if accepted, else its new dead letter; raises on 401/403."""
+        buffer = _BatchBuffer(self._cfg.batching.count, self._cfg.batching.byte_size)
+        batches = [b for item in items for b in buffer.add(item)]
+        if buffer.items:
+            batches.append(buffer.take())
+        result: dict[int, dict | None] = {}
+        with ThreadPoolExecutor(self._cfg.max_in_flight, thread_name_prefix="replay") as pool:
+            for outcome in pool.map(self._deliverer.deliver, batches):
+                for d in outcome.deliveries:
+                    result[id(d.item)] = None if d.accepted else delivery_dead_letter(d)
+        return result
+
+
+def _parse_lines(raw: bytes) -> list[tuple[bytes, Any]]:
+    out = []
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append((line, orjson.loads(line)))
+        except orjson.JSONDecodeError:
+            out.append((line, None))  # a torn last line from a crash: keep it as it is
+    return out
+
+
+def _rewrite(path: Path, lines: list[bytes]) -> None:
+    """Replace ``path`` atomically with ``lines`` (or remove it when none are left)."""
+    if not lines:
+        path.unlink()
+    else:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(line.rstrip(b"\n") + b"\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def replay_file(path: Path, replayer: Replayer | None, report: ReplayReport,
+                stage: str | None, since: dt.datetime | None) -> None:
+    with open(path, "rb") as f:
+        if not lock_file(f, blocking=False):
+            report.skipped_files.append(path.name)
+            return
+        report.files += 1
+        entries = _parse_lines(f.read())
+        report.letters += len(entries)
+        chosen: dict[int, tuple[dict, Record, Prepared | None, dict | None]] = {}
+        for i, (_line, letter) in enumerate(entries):
+            if not _selected(letter, stage, since):
+                continue
+            record = _record(letter)
+            try:
+                chosen[i] = (letter, record, prepare(record, letter["event"]), None)
+            except InvalidEvent as exc:
+                chosen[i] = (letter, record, None, dead_letter(
+                    "validation", exc.reason, record=record, event=letter["event"],
+                    field=exc.field))
+        report.replayed += len(chosen)
+        report.kept += len(entries) - len(chosen)
+        if replayer is None or not chosen:
+            return
+        log.info("Replaying %d dead letters from %s", len(chosen), path)
+        outcomes = replayer.deliver([c[2] for c in chosen.values() if c[2] is not None])
+        kept = []
+        for i, (line, _letter) in enumerate(entries):
+            if i not in chosen:
+                kept.append(line)
+                continue
+            letter, _record_, item, failure = chosen[i]
+            if item is not None:
+                failure = outcomes[id(item)]
+            if failure is None:
+                report.accepted += 1
+            else:
+                report.failed_again += 1
+                kept.append(encode_dead_letter(_again(failure, letter)))
+        _rewrite(path, kept)
+
+
+def replay(cfg: CollectorConfig, path: str | None = None, stage: str | None = None,
+           since: str | None = None, dry_run: bool = False) -> ReplayReport:
+    """Replay every ``*.jsonl`` under ``path`` (default: the config's dead-letter path)."""
+    report = ReplayReport(dry_run=dry_run)
+    since_ts = parse_timestamp(since) if since else None
+    folder = Path(path or cfg.output.dead_letter.path)
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    replayer = None if dry_run else Replayer(cfg)
+    try:
+        for f in files:
+            replay_file(f, replayer, report, stage, since_ts)
+    except FlexpriceAuthError as exc:
+        report.error = str(exc)
+        log.error("Replay stopped: %s", exc)
+    finally:
+        if replayer is not None:
+            replayer.close()
+    return report
