@@ -35,7 +35,20 @@ CACHE="${FLINK_CACHE_DIR:-$ROOT/.cache/flink}"
 
 FLINK_VERSION="${FLINK_VERSION:-1.19.3}"
 FLINK_MAJOR="${FLINK_VERSION%.*}"                    # 1.19
-BEAM_JAVA_VERSION="${BEAM_JAVA_VERSION:-2.62.0}"     # Java side (job server); SDK side is the venv's
+# Java side (job server + expansion service); the Python SDK side is the venv's 2.77.0.
+# Newest beam-runners-flink-1.19 on the reachable Maven Central is 2.70.0 (no 1.20/2.x
+# runner, no prebuilt *-job-server jars at all). 2.62.0 is the newest release whose
+# modules all exist at the same version; 2.70.0 needs beam-runners-java-job-service 2.65.0
+# (2.70.0 is missing), but its KafkaIO understands what Python 2.77's ReadFromKafka sends
+# (2.62.0 rejects it: no setDynamicReadPollIntervalSeconds).
+BEAM_JAVA_VERSION="${BEAM_JAVA_VERSION:-2.70.0}"
+case "$BEAM_JAVA_VERSION" in
+  2.70.0) _JOBSERVICE=2.65.0 _SLF4J=2.0.16 ;;
+  2.62.0) _JOBSERVICE=2.62.0 _SLF4J=1.7.30 ;;
+  *) _JOBSERVICE=$BEAM_JAVA_VERSION _SLF4J=2.0.16 ;;
+esac
+BEAM_JOBSERVICE_VERSION="${BEAM_JOBSERVICE_VERSION:-$_JOBSERVICE}"
+BEAM_SLF4J_VERSION="${BEAM_SLF4J_VERSION:-$_SLF4J}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 
 HOST=127.0.0.1
@@ -100,7 +113,8 @@ marker_for() {
   case "$1" in
     jobmanager)  echo "StandaloneSessionClusterEntrypoint" ;;
     taskmanager) echo "TaskManagerRunner" ;;
-    jobserver)   echo "$JOBSERVER_NAME.jar" ;;
+    jobserver)   echo "FlinkJobServerDriver" ;;
+    expansion)   echo "org.apache.beam.sdk.expansion.service.ExpansionService" ;;
     workerpool)  echo "worker_pool_main" ;;
     *) die "unknown role $1" ;;
   esac
@@ -184,21 +198,31 @@ install_flink() {
   [[ -f $FLINK_DIST_JAR ]] || die "flink-dist jar missing after unpack"
 }
 
+# The jar is rebuilt when the pom or the version knobs change (stamp next to the jar).
+jobserver_stamp() {
+  { sha256sum <"$SCRIPT_DIR/flink/job-server/pom.xml"
+    echo "$BEAM_JAVA_VERSION $FLINK_MAJOR $BEAM_JOBSERVICE_VERSION $BEAM_SLF4J_VERSION"; } | sha256sum | cut -c1-16
+}
+
 install_jobserver() {
-  if [[ -s $JOBSERVER_JAR ]]; then
+  local stamp
+  stamp=$(jobserver_stamp)
+  if [[ -s $JOBSERVER_JAR && $(cat "$JOBSERVER_JAR.stamp" 2>/dev/null) == "$stamp" ]]; then
     log "Beam job server jar present: $JOBSERVER_JAR"
     return 0
   fi
   need mvn
   local mvn_args=(-B -q -f "$SCRIPT_DIR/flink/job-server/pom.xml" package
     "-Djobserver.buildDir=$CACHE/build/job-server"
-    "-Dbeam.java.version=$BEAM_JAVA_VERSION" "-Dbeam.flink.major=$FLINK_MAJOR")
+    "-Dbeam.java.version=$BEAM_JAVA_VERSION" "-Dbeam.flink.major=$FLINK_MAJOR"
+    "-Dbeam.jobservice.version=$BEAM_JOBSERVICE_VERSION" "-Dslf4j.version=$BEAM_SLF4J_VERSION")
   [[ -n ${MAVEN_REPO_LOCAL:-} ]] && mvn_args+=("-Dmaven.repo.local=$MAVEN_REPO_LOCAL")
   log "building $JOBSERVER_NAME.jar with Maven (shade of beam-runners-flink-$FLINK_MAJOR:$BEAM_JAVA_VERSION)"
   mvn "${mvn_args[@]}" >"$CACHE/build/mvn.log" 2>&1 || { tail -40 "$CACHE/build/mvn.log" >&2; die "maven build failed (log: $CACHE/build/mvn.log)"; }
   mkdir -p "$(dirname "$JOBSERVER_JAR")"
   cp "$CACHE/build/job-server/$JOBSERVER_NAME.jar" "$JOBSERVER_JAR.tmp"
   mv "$JOBSERVER_JAR.tmp" "$JOBSERVER_JAR"
+  echo "$stamp" >"$JOBSERVER_JAR.stamp"
   rm -rf "$CACHE/build/job-server"   # the shade output is a 2nd copy of the 190 MB jar
 }
 
@@ -213,7 +237,7 @@ cmd_install() {
   log "install done in $((SECONDS - t0)) s"
 }
 
-is_installed() { [[ -f $FLINK_DIST_JAR && -s $JOBSERVER_JAR ]]; }
+is_installed() { [[ -f $FLINK_DIST_JAR && -s $JOBSERVER_JAR && $(cat "$JOBSERVER_JAR.stamp" 2>/dev/null) == "$(jobserver_stamp)" ]]; }
 
 # ----------------------------------------------------------------------------- config
 
@@ -367,14 +391,30 @@ start_workerpool() {
 start_jobserver() {
   if [[ -n $(pid_of jobserver) ]]; then log "job server already running (pid $(pid_of jobserver))"; return 0; fi
   port_open localhost "$JOB_PORT" && die "port $JOB_PORT is already taken by something else"
-  log "starting Beam Flink job server (job localhost:$JOB_PORT, artifacts :$ARTIFACT_PORT, expansion :$EXPANSION_PORT)"
+  log "starting Beam Flink job server (job localhost:$JOB_PORT, artifacts :$ARTIFACT_PORT)"
+  # --expansion-port=-1: the job server's built-in expansion service always gives Java
+  # transforms a DOCKER environment; start_expansion runs one with EMBEDDED instead.
   launch jobserver "$LOG_DIR/jobserver.log" \
-    java "${JAVA17_OPTS[@]}" -Xmx1g -jar "$JOBSERVER_JAR" \
+    java "${JAVA17_OPTS[@]}" -Xmx1g -cp "$JOBSERVER_JAR" org.apache.beam.runners.flink.FlinkJobServerDriver \
     --flink-master="$HOST:$REST_PORT" --flink-conf-dir="$CONF_DIR" \
     --job-host=localhost --job-port="$JOB_PORT" \
-    --artifact-port="$ARTIFACT_PORT" --expansion-port="$EXPANSION_PORT" \
+    --artifact-port="$ARTIFACT_PORT" --expansion-port=-1 \
     --artifacts-dir="$DATA_DIR/artifacts"
   wait_port localhost "$JOB_PORT" 120 || die "job server did not open port $JOB_PORT (see $LOG_DIR/jobserver.log)"
+}
+
+# Java expansion service for cross-language transforms (ReadFromKafka & co.), from the same
+# jar as the job server. --defaultEnvironmentType=EMBEDDED: the expanded Java transforms run
+# in a Java SDK harness inside the TaskManager JVM (classes from the job server jar, which
+# Flink receives as the job's user jar) -- no Docker, no Java boot binary.
+start_expansion() {
+  if [[ -n $(pid_of expansion) ]]; then log "expansion service already running (pid $(pid_of expansion))"; return 0; fi
+  port_open localhost "$EXPANSION_PORT" && die "port $EXPANSION_PORT is already taken by something else"
+  log "starting Beam Java expansion service on localhost:$EXPANSION_PORT (EMBEDDED environment)"
+  launch expansion "$LOG_DIR/expansion.log" \
+    java "${JAVA17_OPTS[@]}" -Xmx512m -cp "$JOBSERVER_JAR" org.apache.beam.sdk.expansion.service.ExpansionService \
+    "$EXPANSION_PORT" --defaultEnvironmentType=EMBEDDED
+  wait_port localhost "$EXPANSION_PORT" 120 || die "expansion service did not open port $EXPANSION_PORT (see $LOG_DIR/expansion.log)"
 }
 
 cmd_start() {
@@ -387,6 +427,7 @@ cmd_start() {
   wait_taskmanagers 1
   start_workerpool
   start_jobserver
+  start_expansion
   log "all up in $((SECONDS - t0)) s"
   cmd_status
 }
@@ -411,6 +452,7 @@ leftover_sdk_workers() {
 cmd_stop() {
   # job server first (no new submissions), then Flink (running SDK workers lose their
   # control connection and exit), then the worker pool.
+  stop_role expansion
   stop_role jobserver
   stop_role taskmanager
   stop_role jobmanager
@@ -456,7 +498,7 @@ cmd_restart_taskmanager() {
 
 cmd_status() {
   local role pid rc=0
-  for role in jobmanager taskmanager workerpool jobserver; do
+  for role in jobmanager taskmanager workerpool jobserver expansion; do
     pid=$(pid_of "$role")
     if [[ -n $pid ]]; then printf '%-12s up    pid %s\n' "$role" "$pid"; else printf '%-12s down\n' "$role"; rc=3; fi
   done

@@ -12,6 +12,10 @@
 #   create-topic NAME [PARTITIONS]   create a topic if it does not exist (default 3 partitions)
 #   env                      print `export ...` lines (ports, credentials, cert paths)
 #   reset                    stop and delete broker data (keeps jars and certs)
+#   install-prism            optional: build Beam's Prism runner (Go module
+#                            github.com/apache/beam/sdks/v2/go/cmd/prism at the
+#                            Python SDK's version, via the Go module proxy) into
+#                            .cache/bin/prism, for unbounded (streaming) reads
 #
 # Everything lives under <repo>/.cache (gitignored):
 #   .cache/kafka/libs   broker classpath        .cache/kafka/data   KRaft log dirs
@@ -110,10 +114,13 @@ copy_deps() {
   local tmp="$dest.tmp.$$"
   rm -rf "$tmp"
   mkdir -p "$tmp"
+  local mvn_log="$KDIR/logs/mvn-$(basename "$pom" .xml).log"
+  mkdir -p "$(dirname "$mvn_log")"
   if ! mvn_run -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
-        -DoutputDirectory="$tmp" >&2; then
+        -DoutputDirectory="$tmp" >"$mvn_log" 2>&1; then
+    tail -n 30 "$mvn_log" >&2
     rm -rf "$tmp"
-    die "maven could not resolve $pom"
+    die "maven could not resolve $pom (log: $mvn_log)"
   fi
   echo "$sha" >"$tmp/.complete"
   rm -rf "$dest"
@@ -194,15 +201,15 @@ EOF
     openssl pkcs12 -export -name broker -in broker-chain.pem -inkey broker.key \
       -out broker.keystore.p12 -passout "pass:$STORE_PASSWORD"
     keytool -importcert -noprompt -alias flexprice-local-ca -file ca.pem \
-      -keystore truststore.p12 -storetype PKCS12 -storepass "$STORE_PASSWORD" >/dev/null
+      -keystore truststore.p12 -storetype PKCS12 -storepass "$STORE_PASSWORD" >/dev/null 2>&1
     keytool -importcert -noprompt -alias flexprice-local-ca -file ca.pem \
-      -keystore truststore.jks -storetype JKS -storepass "$STORE_PASSWORD" >/dev/null
+      -keystore truststore.jks -storetype JKS -storepass "$STORE_PASSWORD" >/dev/null 2>&1
     # An unrelated CA, for tests that an untrusted server certificate is refused.
     openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days "$days" \
       -keyout untrusted-ca.key -out untrusted-ca.pem -subj "/CN=untrusted-test-ca" \
       -addext "basicConstraints=critical,CA:TRUE" 2>/dev/null
     keytool -importcert -noprompt -alias untrusted-ca -file untrusted-ca.pem \
-      -keystore untrusted-truststore.p12 -storetype PKCS12 -storepass "$STORE_PASSWORD" >/dev/null
+      -keystore untrusted-truststore.p12 -storetype PKCS12 -storepass "$STORE_PASSWORD" >/dev/null 2>&1
     rm -f broker.csr broker.ext ca.srl
     echo ok >.complete
   )
@@ -474,7 +481,23 @@ export KAFKA_UNTRUSTED_TRUSTSTORE_P12=$CERTS/untrusted-truststore.p12
 export KAFKA_TRUSTSTORE_PASSWORD=$STORE_PASSWORD
 export KAFKA_LOG_DIR=$LOGS
 export BEAM_IO_EXPANSION_SERVICE_JAR=$(expansion_launcher)
+export BEAM_PRISM_LOCATION=$CACHE/bin/prism
 EOF
+}
+
+cmd_install_prism() {
+  local version bin="$CACHE/bin/prism"
+  version="v$(beam_python_version)"
+  if [[ -x "$bin" && -f "$bin.version" && "$(cat "$bin.version")" == "$version" ]]; then
+    log "prism $version: already installed at $bin"
+    return
+  fi
+  command -v go >/dev/null || die "go not found"
+  mkdir -p "$CACHE/bin"
+  log "building prism $version into $bin (takes ~1.5 min)"
+  GOBIN="$CACHE/bin" GOFLAGS=-mod=mod go install \
+    "github.com/apache/beam/sdks/v2/go/cmd/prism@$version"
+  echo "$version" >"$bin.version"
 }
 
 cmd_reset() {
@@ -495,6 +518,7 @@ main() {
     create-topic) cmd_create_topic "$@" ;;
     env) cmd_env ;;
     reset) cmd_reset ;;
+    install-prism) cmd_install_prism ;;
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 }

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import apache_beam as beam
-
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     StandardOptions,

@@ -31,6 +31,7 @@ def generate_batch(cfg: GenerateInput, start: dt.datetime, first: int, last: int
     rng = random.Random(f"{cfg.seed}:{first}")
     lo, hi = cfg.value_range
     step = dt.timedelta(seconds=cfg.interval)
+    fixed_ts = None if step else rfc3339(start)  # interval 0: one timestamp, formatted once
     out = []
     for i in range(first, last):
         value: float | int = rng.uniform(lo, hi)
@@ -42,7 +43,7 @@ def generate_batch(cfg: GenerateInput, start: dt.datetime, first: int, last: int
             "properties": {cfg.property_name: value, "region": rng.choice(("eu", "us", "ap"))},
             "source": cfg.source,
         }
-        ts = rfc3339(start + step * i)
+        ts = fixed_ts or rfc3339(start + step * i)
         out.append(Record(f"gen-{cfg.seed}-{i}", ts, payload, {"generator_index": i}))
     return out
 

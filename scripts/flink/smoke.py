@@ -6,6 +6,7 @@
     .venv/bin/python scripts/flink/smoke.py streaming --seconds 30
     .venv/bin/python scripts/flink/smoke.py streaming --seconds 60 --kill-taskmanager-after 25
     .venv/bin/python scripts/flink/smoke.py all            # batch + streaming
+    .venv/bin/python scripts/flink/smoke.py kafka --bootstrap 127.0.0.1:19092   # needs a broker
     ... --runner flink        # FlinkRunner + --flink_job_server_jar (job server per run)
     ... --runner flink-uber   # FlinkRunner + --flink_submit_uber_jar (no job server at all)
 
@@ -20,6 +21,10 @@ streaming: PeriodicImpulse (unbounded SDF) -> Map -> DoFn appending to a file, w
            job, restores it from the latest checkpoint (REST .../checkpoints -> restored)
            and that the unbounded source resumes from the checkpointed position (only a few
            seconds of elements are replayed, not everything since the start).
+
+kafka:     produces --messages records to a new topic, reads them with the cross-language
+           ReadFromKafka (expanded by the flink.sh expansion service -> Java KafkaIO runs in
+           the TaskManager, EMBEDDED environment) into a Python DoFn; deletes the topic.
 
 Exit code 0 when every check passed. Prints one "CHECK ok|FAIL ..." line per check and a
 final "N passed, N failed" line.
@@ -163,11 +168,15 @@ def runner_args(args, job_name: str) -> list[str]:
 
 
 def _default_jar() -> str:
-    d = os.path.join(CACHE, "jobserver")
-    jars = sorted(f for f in os.listdir(d) if f.endswith(".jar")) if os.path.isdir(d) else []
-    if not jars:
-        sys.exit(f"no job server jar in {d}; run scripts/flink.sh install")
-    return os.path.join(d, jars[-1])
+    """The job server jar scripts/flink.sh uses (its `env` prints FLINK_JOB_SERVER_JAR)."""
+    out = subprocess.run([os.path.join(ROOT, "scripts", "flink.sh"), "env"], check=True,
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("export FLINK_JOB_SERVER_JAR="):
+            jar = line.split("=", 1)[1]
+            if os.path.exists(jar):
+                return jar
+    sys.exit("no job server jar; run scripts/flink.sh install")
 
 
 def run_batch(args, rest: FlinkRest) -> None:
@@ -290,9 +299,69 @@ def run_streaming(args, rest: FlinkRest) -> None:
     print(f"Beam PipelineResult after Flink cancel: {beam_state}", flush=True)
 
 
+def run_kafka(args, rest: FlinkRest) -> None:
+    """Cross-language ReadFromKafka (Java KafkaIO, EMBEDDED env in the TaskManager) -> Python."""
+    from apache_beam.io.kafka import ReadFromKafka
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient
+
+    topic = args.topic or f"flink-smoke-{int(time.time())}"
+    n = args.messages
+    job_name = f"smoke-kafka-{int(time.time())}"
+    out = os.path.join(args.out_dir, f"{job_name}.txt")
+    print(f"--- kafka ({args.runner}) bootstrap={args.bootstrap} topic={topic} expansion={args.expansion_service}", flush=True)
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap)
+    for i in range(n):
+        producer.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode())
+    producer.flush()
+    producer.close()
+
+    opts = PipelineOptions(runner_args(args, job_name) + ["--streaming", f"--checkpointing_interval={args.checkpoint_ms}"])
+    p = beam.Pipeline(options=opts)
+    (
+        p
+        | "Read" >> ReadFromKafka(
+            consumer_config={"bootstrap.servers": args.bootstrap, "auto.offset.reset": "earliest",
+                             "group.id": job_name},
+            topics=[topic],
+            with_metadata=True,
+            expansion_service=args.expansion_service,
+        )
+        | "Fmt" >> beam.Map(lambda r: f"{r.topic}/{r.partition}/{r.offset}/{r.key.decode()}={r.value.decode()}")
+        | "Append" >> beam.ParDo(AppendToFile(out))
+    )
+    t0 = time.time()
+    result = p.run()
+    job = rest.find_job(job_name, timeout=120, states=("RUNNING",))
+    if check(job is not None, f"Flink lists {job_name} as RUNNING"):
+        deadline = time.time() + args.seconds
+        lines: list[str] = []
+        while time.time() < deadline:
+            lines = open(out).read().split() if os.path.exists(out) else []
+            if len(lines) >= n:
+                break
+            time.sleep(1)
+        print(f"read {len(lines)} records in {time.time() - t0:.1f}s", flush=True)
+        values = sorted(x.split("=", 1)[1] for x in lines)
+        check(sorted(set(values)) == sorted(f"v{i}" for i in range(n)), f"all {n} Kafka records reached the Python DoFn ({len(lines)} lines)")
+        rest.cancel(job["jid"])
+        check(rest.wait_state(job["jid"], ("CANCELED",), 60) == "CANCELED", "kafka job CANCELED through Flink REST")
+    try:
+        result.wait_until_finish(duration=30_000)
+    except Exception:  # noqa: BLE001
+        pass
+    if not args.topic:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=args.bootstrap)
+            admin.delete_topics([topic])
+            admin.close()
+        except Exception as e:  # noqa: BLE001
+            print(f"could not delete topic {topic}: {e}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["batch", "streaming", "all"])
+    ap.add_argument("mode", choices=["batch", "streaming", "all", "kafka"])
     ap.add_argument("--runner", choices=["portable", "flink", "flink-uber"], default="portable")
     ap.add_argument("--job-endpoint", default=os.environ.get("BEAM_JOB_ENDPOINT", "localhost:8099"))
     ap.add_argument("--worker-pool", default=os.environ.get("BEAM_WORKER_POOL", "localhost:50000"))
@@ -305,6 +374,12 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-ms", type=int, default=5000)
     ap.add_argument("--kill-taskmanager-after", type=float, default=0)
     ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+                    help="kafka mode: PLAINTEXT bootstrap servers")
+    ap.add_argument("--topic", default=None, help="kafka mode: topic (default: a new one, deleted afterwards)")
+    ap.add_argument("--messages", type=int, default=20)
+    ap.add_argument("--expansion-service", default=os.environ.get("BEAM_EXPANSION_SERVICE", "localhost:8097"),
+                    help="kafka mode: Java expansion service (scripts/flink.sh starts one with the EMBEDDED env)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.out_dir = args.out_dir or tempfile.mkdtemp(prefix="flink-smoke-", dir=os.path.join(CACHE, "data") if os.path.isdir(CACHE) else None)
@@ -319,6 +394,8 @@ def main(argv=None) -> int:
         run_batch(args, rest)
     if args.mode in ("streaming", "all"):
         run_streaming(args, rest)
+    if args.mode == "kafka":
+        run_kafka(args, rest)
     passed = sum(ok for ok, _ in RESULTS)
     failed = len(RESULTS) - passed
     print(f"{passed} passed, {failed} failed")
