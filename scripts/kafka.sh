@@ -3,7 +3,10 @@
 # from Maven Central only (no Docker, no other downloads).
 #
 # Usage: scripts/kafka.sh <command> [args]
-#   install                  resolve broker jars + Beam IO expansion service (idempotent)
+#   install                  resolve broker jars + Beam IO expansion service (idempotent);
+#                            the expansion service launcher jar is also copied to
+#                            ~/.apache_beam/cache/jars/beam-sdks-java-io-expansion-service-<py beam>.jar
+#                            so ReadFromKafka's default expansion service needs no download
 #   start                    install if needed, create certs/storage on first start,
 #                            start the broker in the background and wait until ready
 #   stop                     stop the broker started by `start`
@@ -22,6 +25,7 @@
 #   .cache/kafka/logs   broker logs             .cache/kafka/certs  CA, keystores, ca.pem
 #   .cache/kafka/config generated server.properties / log4j2 config
 #   .cache/jars         Beam IO expansion service classpath + launcher jar
+#   .cache/bin/prism    Prism runner (install-prism only)
 #
 # Listeners (all 127.0.0.1): PLAINTEXT 19092, SASL_PLAINTEXT 19093, SSL 19094,
 # SASL_SSL 19095, CONTROLLER 19096. SASL mechanisms PLAIN, SCRAM-SHA-256,
@@ -448,9 +452,12 @@ EOF
     done
   fi
   if ! running_pid >/dev/null; then
-    log "broker is not running; last log lines:"
-    tail -n 40 "$LOGS/kafka.out" "$LOGS/server.log" 2>/dev/null >&2 || true
-    die "broker not running"
+    if [[ -f "$PIDFILE" ]]; then
+      log "the broker exited; last log lines:"
+      tail -n 40 "$LOGS/kafka.out" "$LOGS/server.log" >&2 2>/dev/null || true
+      rm -f "$PIDFILE"
+    fi
+    die "broker is not running (scripts/kafka.sh start)"
   fi
   die "broker did not answer a metadata request within ${timeout}s"
 }

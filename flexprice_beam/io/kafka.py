@@ -178,7 +178,8 @@ class ReadKafkaRecords(beam.PTransform):
     """PBegin → PCollection[list[Record]] from the configured topics."""
 
     def __init__(self, cfg: KafkaInput, commit_in_finalize: bool = False,
-                 expansion_service: Any = None):
+                 expansion_service: str | None = None):
+        """``expansion_service``: HOST:PORT (see io/expansion.py); None = Beam's default."""
         super().__init__()
         self._cfg = cfg
         self._commit_in_finalize = commit_in_finalize
@@ -186,8 +187,6 @@ class ReadKafkaRecords(beam.PTransform):
 
     def expand(self, pbegin):
         from apache_beam.io.kafka import ReadFromKafka
-
-        from flexprice_beam.io.expansion import kafka_expansion_service
 
         cfg = self._cfg
         read = ReadFromKafka(
@@ -197,7 +196,7 @@ class ReadKafkaRecords(beam.PTransform):
             commit_offset_in_finalize=self._commit_in_finalize,
             max_num_records=cfg.max_records,
             max_read_time=int(cfg.max_read_time) if cfg.max_read_time else None,
-            expansion_service=self._expansion_service or kafka_expansion_service(),
+            expansion_service=self._expansion_service,
         )
         return (pbegin | "ReadFromKafka" >> read
                 | "DecodeAndBatch" >> beam.ParDo(

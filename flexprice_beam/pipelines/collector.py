@@ -35,13 +35,17 @@ class CollectorOptions(PipelineOptions):
         parser.add_argument("--dry_run_events", default=None,
                             help="dry run: write the events that would be sent to this "
                                  "JSON Lines file instead of posting them")
+        parser.add_argument("--kafka_expansion_service", default=None,
+                            help="HOST:PORT of a running Beam Java expansion service for "
+                                 "ReadFromKafka (default: start the cached jar locally)")
 
 
 def is_streaming(p: beam.Pipeline) -> bool:
     return bool(p.options.view_as(StandardOptions).streaming)
 
 
-def read_records(cfg: CollectorConfig, streaming: bool) -> beam.PTransform:
+def read_records(cfg: CollectorConfig, streaming: bool, expansion_service: str | None = None
+                 ) -> beam.PTransform:
     """The configured source as a PTransform PBegin → PCollection[list[Record]]."""
     if cfg.input.generate is not None:
         return GenerateEvents(cfg.input.generate)
@@ -49,7 +53,8 @@ def read_records(cfg: CollectorConfig, streaming: bool) -> beam.PTransform:
 
     # Streaming runners commit offsets when a checkpoint that covers delivery completes;
     # bounded runs commit once at the end (CommitDeliveredOffsets).
-    return ReadKafkaRecords(cfg.input.kafka, commit_in_finalize=streaming)
+    return ReadKafkaRecords(cfg.input.kafka, commit_in_finalize=streaming,
+                            expansion_service=expansion_service)
 
 
 @dataclass
@@ -64,10 +69,12 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     """Add the collector to ``p``; ``sink`` replaces WriteToFlexprice (dry runs, benchmarks)
     and ``dead_letter_sink`` the dead-letter files (a dry run prints them instead)."""
     streaming = is_streaming(p)
-    records = p | "Read" >> read_records(cfg, streaming)
+    expansion = p.options.view_as(CollectorOptions).kafka_expansion_service
+    records = p | "Read" >> read_records(cfg, streaming, expansion)
     mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
         DEAD_LETTER, main="events")
-    valid = mapped.events | "Validate" >> beam.ParDo(ValidateEvents()).with_outputs(
+    valid = mapped.events | "Validate" >> beam.ParDo(
+        ValidateEvents(cfg.pipeline.max_event_bytes)).with_outputs(
         DEAD_LETTER, main="valid")
     written = valid.valid | "WriteToFlexprice" >> (sink or WriteToFlexprice(cfg.output.flexprice))
     dead = [mapped[DEAD_LETTER], valid[DEAD_LETTER]]

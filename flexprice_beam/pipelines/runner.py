@@ -8,6 +8,7 @@ same numbers are served live (``ops.metrics_server``) and drawn (``ops.progress`
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,6 +18,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from flexprice_beam.config import CollectorConfig
 from flexprice_beam.io.client import FlexpriceAuthError
+from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService
 from flexprice_beam.ops import live
 from flexprice_beam.ops.metrics_server import MetricsServer
 from flexprice_beam.ops.progress import Progress
@@ -191,6 +193,7 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
     """
     options = pipeline_options(list(beam_args or []))
     started = time.monotonic()
+    expansion = _kafka_expansion(cfg, options)
     p = beam.Pipeline(options=options)
     collector.build(p, cfg, sink=sink, dead_letter_sink=dead_letter_sink)
     source = "generate" if cfg.input.generate is not None else "kafka"
@@ -220,4 +223,20 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
             live.LIVE.end("failed" if summary.error else "done", summary.error, summary.as_dict())
         if owned and server is not None:
             server.stop()
+        if expansion is not None and wait:
+            expansion.stop()
     return summary
+
+
+def _kafka_expansion(cfg: CollectorConfig, options: PipelineOptions):
+    """Point Kafka input at an expansion service; start a local one when none is given."""
+    if cfg.input.kafka is None:
+        return None
+    ours = options.view_as(collector.CollectorOptions)
+    if not ours.kafka_expansion_service:
+        ours.kafka_expansion_service = os.environ.get(ENV_ADDRESS) or None
+    if ours.kafka_expansion_service:
+        return None
+    service = LocalExpansionService().start()
+    ours.kafka_expansion_service = service.address
+    return service

@@ -1,0 +1,111 @@
+"""The Java expansion service that Beam's ``ReadFromKafka`` needs, without downloads.
+
+Three ways, in order:
+
+1. ``--kafka_expansion_service HOST:PORT`` (or ``FLEXPRICE_KAFKA_EXPANSION_SERVICE``): a
+   running service, e.g. the one ``scripts/flink.sh`` starts for the Flink cluster
+   (its Java environment is EMBEDDED in the TaskManagers).
+2. Otherwise we start the cached jar ourselves (``scripts/kafka.sh install`` puts it at
+   ``~/.apache_beam/cache/jars/``) with ``--alsoStartLoopbackWorker``, so the Java half of
+   the read runs in that JVM: no Docker.  It lives as long as the run, and dies with this
+   process even on SIGKILL (PR_SET_PDEATHSIG), so no orphan JVM keeps reading.
+
+Beam's own ``BeamJarExpansionService`` stops its service right after expansion when the
+pipeline is not run inside a ``with`` block, which would take the loopback worker away.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import apache_beam as beam
+
+log = logging.getLogger("flexprice_beam.kafka")
+
+JAR_NAME = f"beam-sdks-java-io-expansion-service-{beam.__version__}.jar"
+ENV_ADDRESS = "FLEXPRICE_KAFKA_EXPANSION_SERVICE"
+ENV_JAR = "BEAM_IO_EXPANSION_SERVICE_JAR"
+
+
+class ExpansionServiceError(RuntimeError):
+    pass
+
+
+def find_jar() -> Path:
+    candidates = [os.environ.get(ENV_JAR), Path.home() / ".apache_beam/cache/jars" / JAR_NAME,
+                  Path(__file__).resolve().parents[2] / ".cache/jars" / JAR_NAME]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    raise ExpansionServiceError(
+        f"Kafka input needs Beam's Java expansion service jar ({JAR_NAME}) and none was found "
+        f"in ${ENV_JAR} or ~/.apache_beam/cache/jars; run `scripts/kafka.sh install` first")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class LocalExpansionService:
+    """A JVM running the expansion service + loopback Java worker for one run."""
+
+    def __init__(self, jar: Path | None = None, port: int | None = None):
+        self.jar = jar or find_jar()
+        self.port = port or _free_port()
+        self.address = f"localhost:{self.port}"
+        self._proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> LocalExpansionService:
+        log_path = Path(os.environ.get("FLEXPRICE_EXPANSION_LOG", os.devnull))
+        out = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+        self._proc = subprocess.Popen(
+            ["java", "-jar", str(self.jar), str(self.port), "--alsoStartLoopbackWorker"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent)
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ExpansionServiceError(
+                    f"the Kafka expansion service exited with {self._proc.returncode} "
+                    f"(java -jar {self.jar}); set FLEXPRICE_EXPANSION_LOG=file to see why")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    log.info("Kafka expansion service ready on %s", self.address)
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise ExpansionServiceError(f"the Kafka expansion service did not open port {self.port}")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None
+
+    def __enter__(self) -> LocalExpansionService:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
