@@ -61,6 +61,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from flexprice_beam.ops import shutdown
     from flexprice_beam.pipelines import runner
 
     try:
@@ -79,10 +80,13 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     metrics = None
     if not args.no_metrics and (args.metrics_address or cfg.metrics.enabled):
         metrics = args.metrics_address or cfg.metrics.address
+    local = runner.runs_in_process(runner.pipeline_options(list(beam_args)))
+    signals = shutdown.handle_signals(args.shutdown_grace) if local else shutdown.nullcontext()
     try:
-        summary = runner.run(cfg, beam_args, sink=sink, dead_letter_sink=dead_sink,
-                             metrics=metrics, progress=args.progress,
-                             status_interval=args.status_interval)
+        with signals as stop:
+            summary = runner.run(cfg, beam_args, sink=sink, dead_letter_sink=dead_sink,
+                                 metrics=metrics, progress=args.progress,
+                                 status_interval=args.status_interval)
     except Exception as exc:  # construction errors: bad options, unreachable expansion service
         log.error("Could not start the pipeline: %s", exc)
         return 2
@@ -92,6 +96,18 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     print(summary.render())
     if summary.error:
         return 1
+    if stop is not None and stop.requested.is_set() and stop.cut_short:
+        log.error("Stopped by %s before the input was finished: %d read, %d accepted, "
+                  "%d dead-lettered%s. Re-run with the same config to send the rest "
+                  "(what already arrived is deduplicated).", stop.signal_name, summary.read,
+                  summary.accepted, summary.dead_lettered,
+                  "; everything read is accounted for" if summary.balanced else
+                  "; COUNTS DO NOT BALANCE")
+        if stop.resume_hint:
+            log.error("input.generate.start_time is not set, so a re-run would stamp the "
+                      "same event ids with new times (new events for Flexprice). To resume, "
+                      "set %s", stop.resume_hint)
+        return stop.exit_code
     if not summary.balanced:
         log.error("Counts do not balance: %d read, %d accepted, %d dead-lettered, %d filtered",
                   summary.read, summary.accepted, summary.dead_lettered, summary.filtered)
@@ -128,11 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bar (bounded runs), status lines (unbounded), or off; auto picks")
     run.add_argument("--status-interval", type=float, default=10.0,
                      help="seconds between status lines (default 10)")
+    run.add_argument("--shutdown-grace", type=float, default=30.0,
+                     help="after SIGTERM/Ctrl-C, seconds in-flight batches may keep retrying "
+                          "before they are dead-lettered (default 30); a second signal exits "
+                          "at once")
 
     lint = sub.add_parser("lint", help="validate a config file (exit 0 or 1)")
     lint.add_argument("-c", "--config", required=True)
 
     sub.add_parser("mock-server", help="start the local Flexprice stand-in", add_help=False)
+    sub.add_parser("send-events", help="produce N test events to Kafka", add_help=False)
     ops_commands.add_parsers(sub)
     return parser
 
@@ -143,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         from flexprice_beam.mock.server import main as mock_main
 
         return mock_main(argv[1:])
+    if argv[:1] == ["send-events"]:
+        from flexprice_beam.io.send_events import main as send_main
+
+        return send_main(argv[1:])
     ours, beam_args = _split_beam_args(argv)
     args = build_parser().parse_args(ours)
     if args.command == "lint":

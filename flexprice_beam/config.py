@@ -8,6 +8,8 @@ such as ``50ms``/``1s``/``2m`` and sizes ``4MB``/``512KiB``.  Unknown keys are e
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import re
 from pathlib import Path
@@ -21,8 +23,10 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
@@ -34,6 +38,8 @@ _SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
 #: Flexprice's own limits (API-NOTES.md): no bulk request may exceed these.
 MAX_BULK_EVENTS = 1000
 MAX_BODY_BYTES = 32 * 1024 * 1024
+#: The largest single event: it must still fit one request with the ``{"events":[…]}`` envelope.
+MAX_EVENT_BYTES = MAX_BODY_BYTES - 64
 
 
 class ConfigError(ValueError):
@@ -97,6 +103,38 @@ class GenerateInput(_Model):
     integer_values: bool = True
     source: str = "flexprice-beam-generate"
 
+    @field_validator("value_range")
+    @classmethod
+    def _finite_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(math.isfinite(x) for x in (*v, v[1] - v[0])):
+            raise ValueError("value_range must be two finite numbers")
+        return v
+
+    @field_validator("start_time")
+    @classmethod
+    def _rfc3339_start(cls, v: str | None) -> str | None:
+        if v is not None:
+            from flexprice_beam.events import parse_timestamp
+
+            parse_timestamp(v)
+        return v
+
+    @model_validator(mode="after")
+    def _timestamps_fit(self) -> GenerateInput:
+        # Event i is stamped start_time + i·interval; the last one must still be a date
+        # (an unbounded run is checked for 10^9 events).
+        import datetime as dt
+
+        from flexprice_beam.events import parse_timestamp
+
+        start = (parse_timestamp(self.start_time) if self.start_time
+                 else dt.datetime.now(dt.timezone.utc))
+        try:
+            start + dt.timedelta(seconds=self.interval * (self.count or 10**9))
+        except OverflowError:
+            raise ValueError("start_time + count × interval goes past the year 9999") from None
+        return self
+
 
 class TlsConfig(_Model):
     enabled: bool = False
@@ -151,6 +189,9 @@ class PipelineConfig(_Model):
         None, description="field: JMESPath expression (or a literal) evaluated on each record")
     mapping_fn: str | None = Field(None, description='"package.module:function" record -> event')
     stringify_properties: bool = False
+    max_event_bytes: ByteSize = Field(
+        1024 * 1024, ge=256, le=MAX_EVENT_BYTES,
+        description="a mapped event larger than this (serialised) is dead-lettered, not sent")
 
     @model_validator(mode="after")
     def _one_mapping(self) -> PipelineConfig:
@@ -198,12 +239,51 @@ class FlexpriceOutput(_Model):
             return host
         return f"{self.scheme}://{host}"
 
+    @field_validator("api_key")
+    @classmethod
+    def _clean_key(cls, v: SecretStr) -> SecretStr:
+        # A key read from a file or a Kubernetes secret often ends in a newline. Sent as a
+        # header, a stray space/newline makes ``requests`` raise an error that quotes the
+        # header value — i.e. the key — into logs and dead letters. Strip, then refuse
+        # anything a header cannot carry, without ever echoing the key.
+        key = v.get_secret_value().strip()
+        if key and not all(0x21 <= ord(ch) <= 0x7E for ch in key):
+            raise ValueError("api_key contains spaces, control or non-ASCII characters "
+                             "(value not shown)")
+        return SecretStr(key)
+
     @model_validator(mode="after")
     def _check_key(self) -> FlexpriceOutput:
         if not self.api_key.get_secret_value().strip():
             raise ValueError("api_key is empty (if it names an environment variable, "
                              "is that variable set?)")
         return self
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> FlexpriceOutput:
+        url = self.base_url
+        scheme, _, rest = url.partition("://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        host = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.split(":")[0]
+        if scheme == "http" and not self.allow_insecure and not is_loopback_host(host):
+            raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                type=PydanticCustomError(
+                    "insecure_transport",
+                    "plain http to {host} would send the API key in clear text; use "
+                    "scheme: https, or set allow_insecure: true to accept that",
+                    {"host": host}),
+                loc=("scheme",), input=self.scheme)])
+        return self
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for this machine (``localhost``, 127.0.0.0/8, ``::1``): plain http stays local."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class DeadLetterOutput(_Model):
@@ -257,12 +337,25 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's complaint and position, without PyYAML's snippet of the line: that is
+    the text after ``${VAR}`` expansion, so it can show the API key or a SASL password."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    parts = []
+    for what, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        if what:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            parts.append(f"{what}{where}")
+    return "; ".join(parts) or type(exc).__name__
+
+
 def load_config_text(text: str, source: str = "<config>",
                      env: dict[str, str] | None = None) -> CollectorConfig:
     try:
         data = yaml.safe_load(interpolate(text, env))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with input/output keys")
     try:

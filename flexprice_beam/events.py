@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,17 +48,30 @@ def stable_id(prefix: str, *parts: Any) -> str:
     return f"{prefix}_{digest}"
 
 
+#: RFC3339 as Flexprice's Go ``time.Time`` parses it: upper-case ``T``/``Z``, seconds, 1-9
+#: fraction digits, a zone. ``fromisoformat`` alone also takes ISO forms Flexprice answers
+#: 400 to (``2025-12-01T10:30Z``, ``20251201T103000Z``, week dates, ``+0530``, lower case).
+_RFC3339_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)\Z")
+
+
 def parse_timestamp(value: str) -> dt.datetime:
     """RFC3339 with a zone (``Z`` or ``±hh:mm``); a naive time is refused, not guessed."""
     if not isinstance(value, str) or "T" not in value.upper():
         raise ValueError("timestamp must be an RFC3339 string such as 2025-12-01T10:30:00Z")
+    if _RFC3339_RE.match(value) is None:
+        if not re.search(r"(?:Z|z|[+-]\d\d:?\d\d)\Z", value):
+            raise ValueError(f"timestamp {_clip(value)!r} has no time zone")
+        raise ValueError(f"timestamp {_clip(value)!r} is not RFC3339 "
+                         "(e.g. 2025-12-01T10:30:00Z or 2025-12-01T10:30:00.123+01:00)")
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"timestamp {value!r} is not RFC3339") from None
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp {value!r} has no time zone")
-    return parsed
+        raise ValueError(f"timestamp {_clip(value)!r} is not RFC3339") from None
+
+
+def _clip(value: str, limit: int = 64) -> str:
+    """A reason names the bad value, not megabytes of it."""
+    return value if len(value) <= limit else value[:limit] + "…"
 
 
 class FlexpriceEvent(BaseModel):

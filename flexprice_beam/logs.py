@@ -19,6 +19,14 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+def _quiet_runner_chatter(record: logging.LogRecord) -> bool:
+    """Runner subprocesses (Prism, its Java/Python workers) log at INFO whatever our level;
+    keep their warnings and errors, drop the rest."""
+    if record.name.startswith(("flexprice_beam", "__main__")):
+        return True
+    return record.levelno >= logging.WARNING
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -26,6 +34,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s[%(asctime)s] %(message)s",
                                                "%Y-%m-%dT%H:%M:%S"))
+    handler.addFilter(_quiet_runner_chatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # Beam's own chatter stays at WARNING

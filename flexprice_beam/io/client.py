@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -53,9 +54,13 @@ class Answer:
     retry_after: float | None = None
     error: str | None = None
     latency: float = 0.0
+    #: no answer will ever come on retrying (a certificate that does not verify): stop the run
+    fatal: bool = False
 
     @property
     def kind(self) -> Kind:
+        if self.fatal:
+            return Kind.AUTH
         s = self.status
         if s is None or s == 429 or s >= 500 or s == 408:
             return Kind.RETRY
@@ -92,12 +97,18 @@ class FlexpriceClient:
                 f"refusing plain http to {parts.hostname}: the API key would travel in clear; "
                 "use scheme: https or set allow_insecure: true")
         if cfg.skip_cert_verify:
-            log.warning("TLS certificate verification for Flexprice is OFF (skip_cert_verify)")
+            log.warning("TLS certificate verification for Flexprice is OFF (skip_cert_verify): "
+                        "anyone on the path can read the API key and the events")
+            if parts.scheme == "https":
+                import urllib3
+
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once
         self._verify = not cfg.skip_cert_verify
         self._timeout = cfg.timeout
         self._pool = cfg.max_in_flight
+        self._secret = cfg.api_key.get_secret_value()
         self._headers = {
-            "x-api-key": cfg.api_key.get_secret_value(),
+            "x-api-key": self._secret,
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": "flexprice-beam",
@@ -124,13 +135,23 @@ class FlexpriceClient:
         try:
             resp = self.session.request(method, self.base_url + path, data=body,
                                         timeout=self._timeout, verify=self._verify)
-        except requests.RequestException as exc:
+        except (requests.RequestException, ValueError) as exc:  # ValueError: header encoding
             # Drop a possibly half-dead pooled connection; the next call opens a fresh one.
             self._local.session = None
-            return Answer(None, "", error=f"{type(exc).__name__}: {exc}",
-                          latency=time.monotonic() - started)
+            return Answer(None, "", error=self._redact(f"{type(exc).__name__}: {exc}"),
+                          latency=time.monotonic() - started, fatal=_cert_failure(exc))
         return Answer(resp.status_code, resp.text, parse_retry_after(resp.headers.get("Retry-After")),
                       latency=time.monotonic() - started)
+
+    def _redact(self, text: str) -> str:
+        """Error texts end up in logs and dead letters: never with the key in them (requests
+        quotes a header value it cannot send, e.g. a key with a stray newline)."""
+        if not self._secret:
+            return text
+        forms = {self._secret, repr(self._secret)[1:-1], self._secret.strip()} - {""}
+        for form in sorted(forms, key=len, reverse=True):  # raw, as repr() quotes it, trimmed
+            text = text.replace(form, "***")
+        return text
 
     def post_bulk(self, bodies: list[bytes]) -> Answer:
         return self.request("POST", BULK_PATH, b'{"events":[' + b",".join(bodies) + b"]}")
@@ -150,6 +171,22 @@ class FlexpriceClient:
         s = getattr(self._local, "session", None)
         if s is not None:
             s.close()
+
+
+def _cert_failure(exc: BaseException) -> bool:
+    """A certificate that does not verify: retrying cannot help, and must not be hidden."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return True
+        todo.extend([e.__cause__, e.__context__, getattr(e, "reason", None)])
+        todo.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
+    return False
 
 
 def _loads(answer: Answer) -> Any:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from flexprice_beam.io.client import Answer, FlexpriceAuthError, FlexpriceClient, Kind
 from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.logs import Sampler, log_events
+from flexprice_beam.ops.shutdown import STOP
 from flexprice_beam.transforms.validate import Prepared
 
 log = logging.getLogger("flexprice_beam.sink")
@@ -68,6 +69,11 @@ class EventDeliverer:
         self.policy = policy
         self.throttle = throttle
         self.single = single
+        self._first_stop_reason: str | None = None
+
+    @property
+    def _stop_reason(self) -> str:
+        return self._first_stop_reason or "stopped: another request was refused with 401/403"
 
     def deliver(self, items: list[Prepared]) -> BatchOutcome:
         outcome = BatchOutcome([], retries={}, latencies=[])
@@ -97,6 +103,8 @@ class EventDeliverer:
             level = logging.WARNING
             if kind is Kind.RETRY:
                 why = f"gave up after {attempts} attempts: {why}"
+                if STOP.requested.is_set():
+                    why += f" (stopping on {STOP.signal_name}: shutdown grace over)"
                 level = logging.ERROR
             self._log_failure(level, items, why)
             outcome.deliveries.extend(
@@ -119,7 +127,7 @@ class EventDeliverer:
         attempt = 0
         while True:
             if not self.throttle.wait():
-                raise FlexpriceAuthError("stopped: another request was refused with 401/403")
+                raise FlexpriceAuthError(self._stop_reason)
             attempt += 1
             if self.single:
                 answer = self.client.post_single(items[0].body)
@@ -129,15 +137,25 @@ class EventDeliverer:
             outcome.latencies.append(answer.latency)
             kind = answer.kind
             if kind is Kind.AUTH:
+                if answer.fatal:
+                    why = (f"TLS certificate of {self.client.base_url} did not verify: "
+                           f"{answer.error[:300]} — trust its CA (REQUESTS_CA_BUNDLE) or, for a "
+                           "test server only, set output.flexprice.skip_cert_verify: true; "
+                           "stopping without retries")
+                else:
+                    why = (f"Flexprice refused the API key: {answer.describe()} — check "
+                           "output.flexprice.api_key / FLEXPRICE_API_KEY; stopping without "
+                           "retries")
+                # The other senders stop with the same words: whichever error the runner
+                # reports then names the cause, not just "another request failed".
+                self._first_stop_reason = self._first_stop_reason or why
                 self.throttle.stopped.set()
-                raise FlexpriceAuthError(
-                    f"Flexprice refused the API key: {answer.describe()} — check "
-                    "output.flexprice.api_key / FLEXPRICE_API_KEY; stopping without retries")
+                raise FlexpriceAuthError(why)
             if kind is not Kind.RETRY:
                 return answer, attempt
             cause = "connection" if answer.status is None else str(answer.status)
             delay = self.policy.delay(attempt, answer.retry_after)
-            if self.policy.gives_up(attempt, started, delay):
+            if self.policy.gives_up(attempt, started, delay) or not STOP.retry_allowed(delay):
                 return answer, attempt
             outcome.retries[cause] = outcome.retries.get(cause, 0) + 1
             if answer.status == 429:
@@ -145,4 +163,4 @@ class EventDeliverer:
             log.info("Flexprice %s; retrying %d events in %.2fs (attempt %d)",
                      answer.describe()[:200], len(items), delay, attempt + 1)
             if not self.throttle.wait(delay):
-                raise FlexpriceAuthError("stopped: another request was refused with 401/403")
+                raise FlexpriceAuthError(self._stop_reason)

@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 
 from flexprice_beam.config import GenerateInput
 from flexprice_beam.events import Record, parse_timestamp, rfc3339
+from flexprice_beam.ops.shutdown import STOP
 
 
 def _start(cfg: GenerateInput) -> dt.datetime:
@@ -27,20 +28,35 @@ def _start(cfg: GenerateInput) -> dt.datetime:
 
 
 def generate_batch(cfg: GenerateInput, start: dt.datetime, first: int, last: int) -> list[Record]:
-    """Records ``first``..``last-1``; the same range always yields the same records."""
-    rng = random.Random(f"{cfg.seed}:{first}")
+    """Records ``first``..``last-1``.
+
+    Record ``i`` depends on (seed, batch_size, i) only, not on how a run cut its batches: the
+    random stream restarts at every multiple of ``batch_size`` and the draws before ``first``
+    are replayed. The real-time generator cuts batches by the clock, so before this a re-run
+    (after SIGTERM, a crash) gave an event another value or customer under the same
+    event_id and timestamp — which Flexprice would keep instead of the one billed first.
+    """
+    block = cfg.batch_size
     lo, hi = cfg.value_range
     step = dt.timedelta(seconds=cfg.interval)
     fixed_ts = None if step else rfc3339(start)  # interval 0: one timestamp, formatted once
+    regions = ("eu", "us", "ap")
     out = []
-    for i in range(first, last):
+    rng = random.Random()
+    for i in range(first - first % block, last):
+        if i % block == 0:
+            rng.seed(f"{cfg.seed}:{i}")
         value: float | int = rng.uniform(lo, hi)
+        name, customer, region = (rng.choice(cfg.event_names), rng.choice(cfg.customers),
+                                  rng.choice(regions))
+        if i < first:
+            continue
         if cfg.integer_values:
             value = int(value)
         payload = {
-            "event_name": rng.choice(cfg.event_names),
-            "external_customer_id": rng.choice(cfg.customers),
-            "properties": {cfg.property_name: value, "region": rng.choice(("eu", "us", "ap"))},
+            "event_name": name,
+            "external_customer_id": customer,
+            "properties": {cfg.property_name: value, "region": region},
             "source": cfg.source,
         }
         ts = fixed_ts or rfc3339(start + step * i)
@@ -56,6 +72,9 @@ class _GenerateRangeFn(beam.DoFn):
 
     def process(self, bounds: tuple[int, int]) -> Iterator[list[Record]]:
         first, last = bounds
+        if STOP.requested.is_set():  # SIGTERM/SIGINT: read no more (ops/shutdown.py)
+            STOP.cut_short = True
+            return
         batch = generate_batch(self._cfg, self._start, first, last)
         self._read.inc(len(batch))
         yield batch
@@ -69,6 +88,9 @@ class _GenerateForeverFn(_GenerateRangeFn):
         i = 0
         began = time.monotonic()
         while cfg.count == 0 or i < cfg.count:
+            if STOP.requested.is_set():  # SIGTERM/SIGINT: read no more (ops/shutdown.py)
+                STOP.cut_short = True
+                return
             if cfg.interval > 0:
                 # Emit what is due now, at most a batch; sleep until the next is due.
                 due = int((time.monotonic() - began) / cfg.interval) + 1
@@ -82,7 +104,7 @@ class _GenerateForeverFn(_GenerateRangeFn):
             i += n
             yield batch
             if cfg.interval > 0:
-                time.sleep(max(0.0, began + i * cfg.interval - time.monotonic()))
+                STOP.requested.wait(max(0.0, began + i * cfg.interval - time.monotonic()))
 
 
 class GenerateEvents(beam.PTransform):
@@ -92,6 +114,8 @@ class GenerateEvents(beam.PTransform):
         super().__init__()
         self._cfg = cfg
         self._start = _start(cfg)  # fixed once, when the pipeline is built
+        if not cfg.start_time:  # a re-run needs this value to send the same timestamps
+            STOP.resume_hint = f"input.generate.start_time: {rfc3339(self._start)}"
 
     def expand(self, pbegin):
         cfg = self._cfg

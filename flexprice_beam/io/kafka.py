@@ -26,6 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from flexprice_beam.config import KafkaInput
 from flexprice_beam.events import Record, rfc3339_from_millis
+from flexprice_beam.io.offsets import TRACKER
 
 log = logging.getLogger("flexprice_beam.kafka")
 
@@ -145,14 +146,41 @@ def decode(topic: str, partition: int, offset: int, timestamp_ms: int,
     return Record(rid, ts, payload, origin)
 
 
-class _DecodeAndBatchFn(beam.DoFn):
-    """KafkaRecord rows → list[Record] of up to ``batch_size``, cut at bundle ends."""
+def commit_offsets(cfg: KafkaInput, offsets: dict[tuple[str, int], int]) -> None:
+    """Commit ``{(topic, partition): next offset}`` for the consumer group (kafka-python)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
 
-    def __init__(self, batch_size: int, max_bytes: int):
-        self._batch_size = batch_size
-        self._max_bytes = max_bytes
+    consumer = KafkaConsumer(group_id=cfg.consumer_group, enable_auto_commit=False,
+                             **python_client_config(cfg))
+    try:
+        consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                         for (t, p), o in offsets.items()})
+    finally:
+        consumer.close()
+    log.info("Committed offsets for group %s: %s", cfg.consumer_group,
+             ", ".join(f"{t}/{p}@{o}" for (t, p), o in sorted(offsets.items())))
+
+
+class _DecodeAndBatchFn(beam.DoFn):
+    """KafkaRecord rows → list[Record] of up to ``batch_size``, cut at bundle ends.
+
+    With ``track_offsets`` (local streaming on Prism) every record is registered with the
+    process-wide ``OffsetTracker``, which commits below the oldest record still in flight.
+    """
+
+    def __init__(self, cfg: KafkaInput, track_offsets: bool = False):
+        self._cfg = cfg
+        self._batch_size = cfg.batch_size
+        self._max_bytes = cfg.max_record_bytes
+        self._track = track_offsets
         self._read = Metrics.counter("flexprice", "records_read")
         self._bad = Metrics.counter("flexprice", "records_undecodable")
+
+    def setup(self) -> None:
+        if self._track:
+            cfg = self._cfg
+            TRACKER.start_committer(lambda offsets: commit_offsets(cfg, offsets))
 
     def start_bundle(self) -> None:
         self._batch: list[Record] = []
@@ -161,6 +189,8 @@ class _DecodeAndBatchFn(beam.DoFn):
         r = decode(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value,
                    self._max_bytes)
         self._read.inc()
+        if self._track:
+            TRACKER.read(rec.topic, rec.partition, rec.offset)
         if r.error:
             self._bad.inc()
         self._batch.append(r)
@@ -178,9 +208,10 @@ class ReadKafkaRecords(beam.PTransform):
     """PBegin → PCollection[list[Record]] from the configured topics."""
 
     def __init__(self, cfg: KafkaInput, commit_in_finalize: bool = False,
-                 expansion_service: str | None = None):
+                 expansion_service: str | None = None, track_offsets: bool = False):
         """``expansion_service``: HOST:PORT (see io/expansion.py); None = Beam's default."""
         super().__init__()
+        self._track_offsets = track_offsets
         self._cfg = cfg
         self._commit_in_finalize = commit_in_finalize
         self._expansion_service = expansion_service
@@ -200,7 +231,7 @@ class ReadKafkaRecords(beam.PTransform):
         )
         return (pbegin | "ReadFromKafka" >> read
                 | "DecodeAndBatch" >> beam.ParDo(
-                    _DecodeAndBatchFn(cfg.batch_size, cfg.max_record_bytes)))
+                    _DecodeAndBatchFn(cfg, self._track_offsets)))
 
 
 def _offset_of(origin: dict | None) -> list[tuple[tuple[str, int], int]]:
@@ -224,21 +255,9 @@ class _CommitFn(beam.DoFn):
         self._cfg = cfg
 
     def process(self, offsets: list[tuple[tuple[str, int], int]]):
-        from kafka import KafkaConsumer, TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        if not offsets:
-            return
-        consumer = KafkaConsumer(group_id=self._cfg.consumer_group, enable_auto_commit=False,
-                                 **python_client_config(self._cfg))
-        try:
-            consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o + 1, "", -1)
-                             for (t, p), o in offsets})
-        finally:
-            consumer.close()
-        log.info("Committed offsets for group %s: %s", self._cfg.consumer_group,
-                 ", ".join(f"{t}/{p}@{o + 1}" for (t, p), o in sorted(offsets)))
-        yield from offsets
+        if offsets:
+            commit_offsets(self._cfg, {key: off + 1 for key, off in offsets})
+            yield from offsets
 
 
 class CommitDeliveredOffsets(beam.PTransform):

@@ -23,6 +23,7 @@ from flexprice_beam.config import MAX_BODY_BYTES, FlexpriceOutput
 from flexprice_beam.events import dead_letter
 from flexprice_beam.io.client import FlexpriceAuthError, FlexpriceClient
 from flexprice_beam.io.deliver import BatchOutcome, Delivery, EventDeliverer
+from flexprice_beam.io.offsets import TRACKER as OFFSETS
 from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.ops import live
 from flexprice_beam.transforms.mapping import DEAD_LETTER
@@ -186,7 +187,9 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._accepted.inc(accepted)
         self._in_flight.set(len(self._pending))
         for d in outcome.deliveries:
-            if not d.accepted:
+            if d.accepted:
+                OFFSETS.done(d.item.record.origin)  # dead letters: once written (dead_letter.py)
+            else:
                 self._dead.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, delivery_dead_letter(d))
         yield outcome.deliveries

@@ -316,7 +316,9 @@ class MockFlexprice:
                  fast: bool = False, max_body_bytes: int = MAX_BODY_BYTES,
                  environment_id: str = "env_mock", tenant_id: str = "tenant_mock",
                  error_style: str = "flat", seed_defaults: bool = False,
-                 log_limit: int = 200_000, verbose: bool = False) -> None:
+                 log_limit: int = 200_000, verbose: bool = False,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        self.tls_cert, self.tls_key = tls_cert, tls_key  # both set: serve https
         if error_style not in ("flat", "nested"):
             raise ValueError("error_style must be 'flat' or 'nested'")
         cfg = faults if isinstance(faults, FaultConfig) else FaultConfig.from_dict(faults)
@@ -364,6 +366,15 @@ class MockFlexprice:
         self._stop_evt.clear()
         httpd = _Server((self.host, self._port), _Handler)
         httpd.mock = self  # type: ignore[attr-defined]
+        if self.tls_cert and self.tls_key:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+            # Handshake in the connection's thread, so a client refusing the certificate
+            # cannot stall the accept loop.
+            httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True,
+                                           do_handshake_on_connect=False)
         self._httpd = httpd
         self._port = httpd.server_address[1]
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -406,7 +417,7 @@ class MockFlexprice:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host_port}"
+        return f"{'https' if self.tls_cert and self.tls_key else 'http'}://{self.host_port}"
 
     def _register(self, conn: socket.socket) -> None:
         with self._conns_lock:
@@ -439,6 +450,14 @@ class MockFlexprice:
     def distinct_conflicts(self) -> list[tuple[dict, dict]]:
         """(first, repeat) for deliveries reusing an event_id with a different body."""
         return self._store.conflicts()
+
+    def track_receive_times(self, on: bool = True) -> None:
+        """Remember when each (event_id, timestamp) was first stored (latency measurements)."""
+        self._store.keep_receive_times = on
+
+    def receive_times(self) -> dict[tuple[str, int], float]:
+        """``{(event_id, timestamp_ms): unix time first stored}`` since ``track_receive_times``."""
+        return self._store.receive_times()
 
     @property
     def requests_log(self) -> list[RequestRecord]:

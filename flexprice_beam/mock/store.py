@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from random import Random
 
 import orjson
@@ -22,6 +23,9 @@ class EventStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        #: when True, remember the wall-clock time each (event_id, timestamp) first arrived
+        #: (``receive_times``; latency measurements). Off by default: it costs memory per event.
+        self.keep_receive_times = False
         self.clear()
 
     def clear(self) -> None:
@@ -30,6 +34,7 @@ class EventStore:
             self._first_by_id: dict[str, bytes] = {}
             self._dups: list[tuple[bytes, bytes]] = []
             self._conflicts: list[tuple[bytes, bytes]] = []
+            self._received_at: dict[tuple[str, int], float] = {}
             self.received = 0
             self.identical_duplicates = 0
             self.conflicting_duplicates = 0
@@ -38,6 +43,7 @@ class EventStore:
         """Record deliveries of ``(event_id, ts_ms, canonical_bytes)``."""
         if not items:
             return
+        now = time.time() if self.keep_receive_times else None
         with self._lock:
             rows = self._rows
             first = self._first_by_id
@@ -46,6 +52,8 @@ class EventStore:
                 prev = rows.get(key)
                 if prev is None:
                     rows[key] = canon
+                    if now is not None:
+                        self._received_at[key] = now
                 else:
                     if prev == canon:
                         self._dups.append((prev, prev))  # keep no second copy of equal bytes
@@ -74,6 +82,11 @@ class EventStore:
         with self._lock:
             raw = list(self._rows.values())
         return [orjson.loads(b) for b in raw]
+
+    def receive_times(self) -> dict[tuple[str, int], float]:
+        """``{(event_id, timestamp_ms): unix time of first arrival}`` (needs keep_receive_times)."""
+        with self._lock:
+            return dict(self._received_at)
 
     def duplicates(self) -> list[tuple[dict, dict]]:
         with self._lock:

@@ -175,7 +175,7 @@ def _map_sample(report: CheckReport, cfg: CollectorConfig, records: list[Record]
             filtered += 1
             continue
         try:
-            events.append(prepare(record, event).event)
+            events.append(prepare(record, event, cfg.pipeline.max_event_bytes).event)
         except InvalidEvent as exc:
             failures[f"validation: {exc.field + ': ' if exc.field else ''}{exc.reason}"] += 1
     for reason, count in failures.most_common():

@@ -44,17 +44,19 @@ def is_streaming(p: beam.Pipeline) -> bool:
     return bool(p.options.view_as(StandardOptions).streaming)
 
 
-def read_records(cfg: CollectorConfig, streaming: bool, expansion_service: str | None = None
-                 ) -> beam.PTransform:
+def read_records(cfg: CollectorConfig, streaming: bool, expansion_service: str | None = None,
+                 prism: bool = False) -> beam.PTransform:
     """The configured source as a PTransform PBegin → PCollection[list[Record]]."""
     if cfg.input.generate is not None:
         return GenerateEvents(cfg.input.generate)
     from flexprice_beam.io.kafka import ReadKafkaRecords  # Java expansion only when used
 
     # Streaming runners commit offsets when a checkpoint that covers delivery completes;
+    # Prism cannot (no stable input), so an in-process tracker commits there (io/offsets.py);
     # bounded runs commit once at the end (CommitDeliveredOffsets).
-    return ReadKafkaRecords(cfg.input.kafka, commit_in_finalize=streaming,
-                            expansion_service=expansion_service)
+    return ReadKafkaRecords(cfg.input.kafka, commit_in_finalize=streaming and not prism,
+                            expansion_service=expansion_service,
+                            track_offsets=streaming and prism)
 
 
 @dataclass
@@ -70,7 +72,8 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     and ``dead_letter_sink`` the dead-letter files (a dry run prints them instead)."""
     streaming = is_streaming(p)
     expansion = p.options.view_as(CollectorOptions).kafka_expansion_service
-    records = p | "Read" >> read_records(cfg, streaming, expansion)
+    prism = "prism" in str(p.options.view_as(StandardOptions).runner).lower()
+    records = p | "Read" >> read_records(cfg, streaming, expansion, prism)
     mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
         DEAD_LETTER, main="events")
     valid = mapped.events | "Validate" >> beam.ParDo(

@@ -11,10 +11,16 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    PrismRunnerOptions,
+    StandardOptions,
+)
 
 from flexprice_beam.config import CollectorConfig
 from flexprice_beam.io.client import FlexpriceAuthError
@@ -136,7 +142,7 @@ def runs_in_process(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
     mode = options.view_as(DirectOptions).direct_running_mode
     name = runner if isinstance(runner, str) else type(runner).__name__
-    return name in (LOCAL_ENGINE, "DirectRunner", "direct", "SwitchingDirectRunner") and \
+    return name in (LOCAL_ENGINE, "DirectRunner", "direct", "SwitchingDirectRunner", "PrismRunner") and \
         mode in (None, "in_memory", "multi_threading")
 
 
@@ -158,12 +164,33 @@ def _start_metrics(metrics: str | MetricsServer | None, options: PipelineOptions
         return None, False
 
 
-def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+def pipeline_options(beam_args: list[str], cfg: CollectorConfig | None = None
+                     ) -> PipelineOptions:
+    """Beam options with our local defaults: FnApiRunner for bounded runs; Prism (streaming)
+    for Kafka input without max_records/max_read_time, which must consume until stopped."""
     options = PipelineOptions(beam_args)
     std = options.view_as(StandardOptions)
-    if std.runner in (None, "DirectRunner", "direct"):
+    kafka = cfg.input.kafka if cfg is not None else None
+    unbounded_kafka = kafka is not None and not kafka.max_records and not kafka.max_read_time
+    if std.runner is None and unbounded_kafka:
+        std.runner = "PrismRunner"
+        std.streaming = True
+        prism = options.view_as(PrismRunnerOptions)
+        prism.prism_location = prism.prism_location or find_prism()
+    elif std.runner in (None, "DirectRunner", "direct"):
         std.runner = LOCAL_ENGINE
     return options
+
+
+def find_prism() -> str:
+    """Prism built by ``scripts/kafka.sh install-prism``; Beam would otherwise download it."""
+    for c in (os.environ.get("BEAM_PRISM_LOCATION"),
+              Path(__file__).resolve().parents[2] / ".cache/bin/prism"):
+        if c and Path(c).is_file():
+            return str(c)
+    raise ValueError("unbounded Kafka input runs on Prism, and no Prism binary was found: run "
+                     "`scripts/kafka.sh install-prism` (or set BEAM_PRISM_LOCATION), or bound "
+                     "the run with input.kafka.max_records / max_read_time")
 
 
 def _auth_message(exc: BaseException) -> str | None:
@@ -191,7 +218,7 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
     ``metrics`` is an address to serve /metrics, /ping and /stats on for the run (or a
     server the caller started and stops); ``progress`` is auto|bar|lines|off.
     """
-    options = pipeline_options(list(beam_args or []))
+    options = pipeline_options(list(beam_args or []), cfg)
     started = time.monotonic()
     expansion = _kafka_expansion(cfg, options)
     p = beam.Pipeline(options=options)

@@ -19,6 +19,7 @@ import jmespath
 
 from flexprice_beam.config import PipelineConfig
 from flexprice_beam.events import Record, dead_letter
+from flexprice_beam.io.offsets import TRACKER as OFFSETS
 from flexprice_beam.ops import live
 
 DEAD_LETTER = "dead_letter"
@@ -151,6 +152,7 @@ class MapRecords(beam.DoFn):
                 continue
             if event is FILTERED:
                 filtered += 1
+                OFFSETS.done(record.origin)
             else:
                 out.append((record, event))
         self._mapped.inc(len(out))

@@ -16,13 +16,15 @@ import apache_beam as beam
 import orjson
 from pydantic import ValidationError
 
-from flexprice_beam.config import MAX_BODY_BYTES
+from flexprice_beam.config import MAX_BODY_BYTES, MAX_EVENT_BYTES
 from flexprice_beam.events import FlexpriceEvent, Record, dead_letter, parse_timestamp
 from flexprice_beam.ops import live
 from flexprice_beam.transforms.mapping import DEAD_LETTER
 
-#: Room for the ``{"events":[...]}`` envelope: one event alone must still fit one request.
-MAX_EVENT_BYTES = MAX_BODY_BYTES - 64
+# MAX_EVENT_BYTES (config): room for the ``{"events":[...]}`` envelope, so one event alone
+# still fits one request; ``pipeline.max_event_bytes`` (default 1 MiB) is usually lower.
+__all__ = ["MAX_EVENT_BYTES", "InvalidEvent", "Prepared", "ValidateEvents", "prepare",
+           "prepare_with_model"]
 
 
 @dataclass(slots=True)
@@ -51,7 +53,8 @@ def _clean_fast(event: Any) -> dict[str, Any] | None:
     for the common shape only (exact built-in types, no problem found); None means "not sure:
     ask the model", which then accepts or names the error exactly as before.
 
-    The model costs ~10 µs per event (benchmarks/, docs/benchmarks.md); this costs ~2.
+    Same answers, ~2 µs less per event (docs/benchmarks.md); ``_mirrors_model`` turns it off
+    if the model changes. ``benchmarks/check_validate_equivalence.py`` compares the two.
     """
     if type(event) is not dict or not _FIELDS.issuperset(event):
         return None
@@ -86,26 +89,72 @@ def _clean_fast(event: Any) -> dict[str, Any] | None:
     return out
 
 
-def prepare(record: Record, event: dict[str, Any]) -> Prepared:
+#: The model ``_clean_fast`` was written against; see ``_mirrors_model``.
+_MIRRORED_FIELDS = [
+    *((n, "<class 'str'>", "[MinLen(min_length=1), MaxLen(max_length=255)]", True) for n in _NAMES),
+    ("timestamp", "<class 'str'>", "[]", True),
+    ("properties", "dict[str, int | float | str]", "[]", False),
+    *((n, "str | None", "[]", False) for n in _OPTIONAL),
+]
+_MIRRORED_VALIDATORS = [("_finite", ("properties",), "after"), ("_not_blank", _NAMES, "after"),
+                        ("_rfc3339", ("timestamp",), "after")]
+_PROBES = [  # (event, should the fast path take it?)
+    ({"event_name": "a", "external_customer_id": "c", "event_id": "e", "source": "s",
+      "timestamp": "2026-01-01T00:00:00.123+01:00", "properties": {"n": 1, "f": 2.5, "s": "x"}}, True),
+    ({"event_name": "é" * 255, "external_customer_id": "c", "event_id": "e",
+      "timestamp": "2026-01-01T00:00:00Z", "customer_id": None}, True),
+]
+
+
+def _mirrors_model() -> bool:
+    """True while ``FlexpriceEvent`` is the model the fast path copies: a new field, limit,
+    validator or setting there switches the fast path off (slower, never different)."""
+    m = FlexpriceEvent
+    dec = m.__pydantic_decorators__
+    fields = [(n, str(f.annotation), repr(f.metadata), f.is_required())
+              for n, f in m.model_fields.items()]
+    validators = sorted((n, tuple(v.info.fields), v.info.mode)
+                        for n, v in dec.field_validators.items())
+    others = (dec.validators, dec.root_validators, dec.field_serializers, dec.model_serializers,
+              dec.model_validators, dec.computed_fields)
+    if (fields != _MIRRORED_FIELDS or validators != _MIRRORED_VALIDATORS or any(others)
+            or m.model_config.get("strict") is not True or m.model_config.get("extra") != "forbid"):
+        return False
+    for event, fast in _PROBES:
+        got = _clean_fast(event)
+        if (got is not None) != fast or (
+                got is not None and got != m.model_validate(event).model_dump(exclude_none=True)):
+            return False
+    return True
+
+
+_FAST = _mirrors_model()
+
+
+def prepare(record: Record, event: dict[str, Any], max_bytes: int = MAX_EVENT_BYTES) -> Prepared:
     """Validate and serialise one event; raises ``InvalidEvent`` naming the field."""
-    clean = _clean_fast(event)
+    clean = _clean_fast(event) if _FAST else None
     if clean is None:
-        return prepare_with_model(record, event)
-    return Prepared(record, clean, _serialise(clean))
+        return prepare_with_model(record, event, max_bytes)
+    return Prepared(record, clean, _serialise(clean, max_bytes))
 
 
-def _serialise(clean: dict[str, Any]) -> bytes:
+def _serialise(clean: dict[str, Any], max_bytes: int = MAX_EVENT_BYTES) -> bytes:
     try:
         body = orjson.dumps(clean)
     except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits: this event's fault
         raise InvalidEvent("properties", f"cannot be sent as JSON: {exc}") from None
-    if len(body) > MAX_EVENT_BYTES:
+    if len(body) > MAX_EVENT_BYTES:  # Flexprice would answer 400 to its whole batch
         raise InvalidEvent(None, f"event is {len(body)} bytes; one request may carry at most "
                                  f"{MAX_BODY_BYTES} bytes")
+    if len(body) > max_bytes:
+        raise InvalidEvent(None, f"event is {len(body)} bytes, over the "
+                                 f"pipeline.max_event_bytes limit of {max_bytes}")
     return body
 
 
-def prepare_with_model(record: Record, event: dict[str, Any]) -> Prepared:
+def prepare_with_model(record: Record, event: dict[str, Any],
+                       max_bytes: int = MAX_EVENT_BYTES) -> Prepared:
     """``prepare`` through the pydantic model alone (the fallback, and the reference)."""
     try:
         model = FlexpriceEvent.model_validate(event)
@@ -115,7 +164,7 @@ def prepare_with_model(record: Record, event: dict[str, Any]) -> Prepared:
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise InvalidEvent(field, f"{first['msg']}{more}") from None
     clean = model.model_dump(exclude_none=True)
-    return Prepared(record, clean, _serialise(clean))
+    return Prepared(record, clean, _serialise(clean, max_bytes))
 
 
 _gc_lock = threading.Lock()
@@ -141,7 +190,8 @@ def tune_gc() -> None:
 class ValidateEvents(beam.DoFn):
     """list[(Record, event)] → list[Prepared]; invalid ones to the ``dead_letter`` output."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._max_bytes = max_event_bytes
         self._valid = live.counter("events_valid")
         self._invalid = live.counter("events_invalid")
 
@@ -152,7 +202,7 @@ class ValidateEvents(beam.DoFn):
         out = []
         for record, event in pairs:
             try:
-                out.append(prepare(record, event))
+                out.append(prepare(record, event, self._max_bytes))
             except InvalidEvent as exc:
                 self._invalid.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
