@@ -20,6 +20,7 @@ if [ -z "${SKIP_SERVICES:-}" ]; then
   trap stop_services EXIT
   if [ -x scripts/kafka.sh ]; then
     scripts/kafka.sh install
+    scripts/kafka.sh install-prism     # local streaming runner for unbounded Kafka input
     scripts/kafka.sh start
     scripts/kafka.sh wait
     eval "$(scripts/kafka.sh env)"

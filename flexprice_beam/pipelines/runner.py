@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,6 +194,24 @@ def find_prism() -> str:
                      "the run with input.kafka.max_records / max_read_time")
 
 
+_KAFKA_ERROR = re.compile(r"org\.apache\.kafka\.common\.errors\.(\w+): ([^\n\\]+)")
+_SSL_CAUSE = re.compile(r"(SSLHandshakeException: [^\n\\]+)")
+
+
+def kafka_failure(text: str) -> str | None:
+    """The Java Kafka client's own error inside a runner's stack trace, said plainly."""
+    m = _KAFKA_ERROR.search(text)
+    if m is None:
+        return None
+    message = f"Kafka: {m.group(1)}: {m.group(2).strip()}"
+    if m.group(1) == "SaslAuthenticationException":
+        message += " — check input.kafka.sasl.user / password and mechanism"
+    ssl = _SSL_CAUSE.search(text)
+    if ssl:
+        message += f" ({ssl.group(1).strip()[:300]}) — check input.kafka.tls.ca_file"
+    return message
+
+
 def _auth_message(exc: BaseException) -> str | None:
     """Find the FlexpriceAuthError text inside whatever wrapper the runner raised."""
     seen = set()
@@ -239,7 +258,7 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
         summary = summarize(result)
         summary.state = str(state)
     except Exception as exc:  # the runner wraps worker errors in its own exception types
-        message = _auth_message(exc)
+        message = _auth_message(exc) or kafka_failure(str(exc))
         summary.error = message or f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
         summary.state = "FAILED"
         log.error("Pipeline failed: %s", summary.error)

@@ -1,0 +1,74 @@
+"""The real local Kafka broker (scripts/kafka.sh) for tests: start it, produce, read back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "kafka.sh"
+
+
+def ensure_broker() -> dict[str, str]:
+    """Install/start the broker if needed (idempotent) and return its ``env`` settings."""
+    for step in ("install", "start", "wait"):
+        subprocess.run([str(SCRIPT), step], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    out = subprocess.run([str(SCRIPT), "env"], check=True, cwd=ROOT, capture_output=True,
+                         text=True).stdout
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export "):].partition("=")
+            env[key] = value.strip().strip("'\"")
+    return env
+
+
+def new_topic(partitions: int = 3, bootstrap: str = "127.0.0.1:19092") -> str:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        admin.close()
+    return name
+
+
+def produce(topic: str, values: list[bytes], bootstrap: str = "127.0.0.1:19092") -> list[tuple]:
+    """Send values; returns (partition, offset, timestamp_ms) per value, in order."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        futures = [producer.send(topic, v, key=str(i).encode()) for i, v in enumerate(values)]
+        producer.flush(30)
+        metas = [f.get(30) for f in futures]
+    finally:
+        producer.close()
+    return [(m.partition, m.offset, m.timestamp) for m in metas]
+
+
+def committed(group: str, topic: str, bootstrap: str = "127.0.0.1:19092") -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        out = {}
+        for p in parts:
+            off = consumer.committed(TopicPartition(topic, p))
+            if off is not None:
+                out[p] = off
+        return out
+    finally:
+        consumer.close()
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

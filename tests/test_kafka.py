@@ -1,0 +1,208 @@
+"""Kafka input on the real local broker (scripts/kafka.sh) through Beam's ReadFromKafka."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+import yaml
+
+from flexprice_beam.events import rfc3339_from_millis
+from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService
+from flexprice_beam.io.send_events import main as send_events
+from flexprice_beam.pipelines.runner import run
+from tests.conftest import API_KEY, make_config, read_dead_letters
+from tests.kafka_helpers import ROOT, committed, ensure_broker, new_topic, produce
+
+pytestmark = [pytest.mark.kafka]
+
+
+@pytest.fixture(scope="module")
+def broker():
+    return ensure_broker()
+
+
+@pytest.fixture(scope="module")
+def expansion(broker):
+    """One expansion service JVM for the module's in-process runs (saves ~5 s per run)."""
+    with LocalExpansionService() as service:
+        old = os.environ.get(ENV_ADDRESS)
+        os.environ[ENV_ADDRESS] = service.address
+        yield service.address
+        if old is None:
+            os.environ.pop(ENV_ADDRESS, None)
+        else:
+            os.environ[ENV_ADDRESS] = old
+
+
+def good(i: int) -> bytes:
+    return orjson.dumps({"event_name": "api.request", "external_customer_id": f"cust_{i % 7}",
+                         "properties": {"value": i}})
+
+
+def kafka_input(broker, topic, listener="PLAINTEXT", **extra):
+    cfg = {"addresses": [broker[f"KAFKA_BOOTSTRAP_{listener}"]], "topics": [topic],
+           "consumer_group": f"g-{topic}", "max_read_time": "60s", **extra}
+    return {"kafka": cfg}
+
+
+LISTENERS = {
+    "plaintext": ("PLAINTEXT", {}),
+    "sasl_plain": ("SASL_PLAINTEXT", {"sasl": {"mechanism": "PLAIN"}}),
+    "scram_sha_512": ("SASL_PLAINTEXT", {"sasl": {"mechanism": "SCRAM-SHA-512"}}),
+    "ssl": ("SSL", {"tls": {"enabled": True}}),
+    "sasl_ssl": ("SASL_SSL", {"sasl": {"mechanism": "PLAIN"}, "tls": {"enabled": True}}),
+}
+
+
+def _security(broker, extra, password=None, ca=None):
+    extra = json.loads(json.dumps(extra))
+    if "sasl" in extra:
+        extra["sasl"].update(user=broker["KAFKA_SASL_USERNAME"],
+                             password=password or broker["KAFKA_SASL_PASSWORD"])
+    if "tls" in extra:
+        extra["tls"]["ca_file"] = ca or broker["KAFKA_CA_PEM"]
+    return extra
+
+
+@pytest.mark.parametrize("name", list(LISTENERS))
+def test_each_security_protocol_delivers_a_batch(name, broker, expansion, mock_api, tmp_path):
+    listener, extra = LISTENERS[name]
+    topic = new_topic()
+    metas = produce(topic, [good(i) for i in range(40)])
+    cfg = make_config(mock_api, tmp_path, input_=kafka_input(
+        broker, topic, listener, max_records=40, **_security(broker, extra)))
+    summary = run(cfg)
+    assert summary.ok, summary.render()
+    events = {e["event_id"]: e for e in mock_api.events()}
+    assert len(events) == 40
+    for partition, offset, ts in metas:  # identity comes from the source
+        event = events[f"kafka-{topic}-{partition}-{offset}"]
+        assert event["timestamp"] == rfc3339_from_millis(ts)
+    group = committed(f"g-{topic}", topic)
+    ends = collections.Counter(p for p, _, _ in metas)
+    assert sum(group.values()) == 40 and set(group) == set(ends)
+
+
+def test_wrong_password_fails_naming_the_cause(broker, expansion, mock_api, tmp_path):
+    topic = new_topic()
+    produce(topic, [good(1)])
+    cfg = make_config(mock_api, tmp_path, input_=kafka_input(
+        broker, topic, "SASL_PLAINTEXT", max_records=1,
+        **_security(broker, {"sasl": {"mechanism": "SCRAM-SHA-512"}}, password="wrong")))
+    summary = run(cfg)
+    assert not summary.ok
+    assert "SaslAuthenticationException" in summary.error and "password" in summary.error
+    assert "wrong" not in summary.error.replace("Invalid username or password", "")
+
+
+def test_untrusted_certificate_fails_naming_the_cause(broker, expansion, mock_api, tmp_path):
+    topic = new_topic()
+    produce(topic, [good(1)])
+    cfg = make_config(mock_api, tmp_path, input_=kafka_input(
+        broker, topic, "SSL", max_records=1,
+        **_security(broker, {"tls": {"enabled": True}}, ca=broker["KAFKA_UNTRUSTED_CA_PEM"])))
+    summary = run(cfg)
+    assert not summary.ok
+    assert "SSL" in summary.error and "certification path" in summary.error
+
+
+def test_malformed_records_go_to_dead_letters_with_offsets(broker, expansion, mock_api, tmp_path):
+    topic = new_topic()
+    assert send_events(["950", "--malformed", "50", "--topic", topic, "--seed", "5",
+                        "--brokers", broker["KAFKA_BOOTSTRAP_PLAINTEXT"]]) == 0
+    cfg = make_config(mock_api, tmp_path, input_=kafka_input(broker, topic, max_records=1000))
+    summary = run(cfg)
+    assert summary.ok, summary.render()
+    assert summary.read == 1000 and summary.accepted == 950 and summary.dead_lettered == 50
+    assert len(mock_api.events()) == 950
+    dead = read_dead_letters(cfg)
+    assert len(dead) == 50
+    for d in dead:
+        assert d["stage"] in ("mapping", "validation") and d["reason"]
+        o = d["origin"]
+        assert o["topic"] == topic and isinstance(o["offset"], int) and o["key"].startswith("bad-")
+        if d["stage"] == "mapping":
+            assert o["raw_value"] is not None
+    assert len({(d["origin"]["partition"], d["origin"]["offset"]) for d in dead}) == 50
+
+
+def _write_yaml(tmp_path, mock, input_, name="run.yaml", **flexprice):
+    out = {"api_host": mock.host_port, "api_key": API_KEY, "scheme": "http",
+           "batching": {"count": 50, "period": "200ms"}, "max_in_flight": 2,
+           "retry": {"initial_backoff": "20ms", "max_backoff": "200ms"}, **flexprice}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"input": input_, "output": {
+        "flexprice": out, "dead_letter": {"path": str(tmp_path / "dl")}}}))
+    return path
+
+
+def _cli(path, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "flexprice_beam", "run", "-c", str(path), "--no-metrics",
+         "--progress", "off", *extra], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_sigkill_mid_run_then_restart_loses_nothing(broker, mock_api, tmp_path):
+    topic = new_topic()
+    produce(topic, [good(i) for i in range(1000)])
+    mock_api.set_faults({"latency_ms": 40})
+    path = _write_yaml(tmp_path, mock_api, kafka_input(broker, topic, max_records=1000))
+    first = _cli(path)
+    try:
+        _wait_for(lambda: len(mock_api.events()) >= 150, 180, "the first run to deliver some")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+    delivered_before_kill = len(mock_api.events())
+    assert delivered_before_kill < 1000, "the kill should land mid-run"
+    assert committed(f"g-{topic}", topic) == {}, "no offsets may be committed before delivery"
+    mock_api.set_faults({})
+    second = _cli(path)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out[-3000:]
+    ids = collections.Counter(e["event_id"] for e in mock_api.events())
+    assert len(ids) == 1000, "every produced event arrives"
+    assert mock_api.stats()["duplicates"] >= delivered_before_kill - 100
+    assert mock_api.distinct_conflicts() == [], "re-read events must be byte-identical"
+    assert sum(committed(f"g-{topic}", topic).values()) == 1000
+
+
+def test_streaming_run_delivers_events_produced_while_running(broker, mock_api, tmp_path):
+    topic = new_topic()
+    produce(topic, [good(i) for i in range(100)])
+    cfg = kafka_input(broker, topic)
+    del cfg["kafka"]["max_read_time"]  # unbounded: streams on Prism until stopped
+    proc = _cli(_write_yaml(tmp_path, mock_api, cfg))
+    try:
+        _wait_for(lambda: len(mock_api.events()) >= 100, 240, "the first 100 events")
+        produce(topic, [good(i) for i in range(100, 250)])
+        _wait_for(lambda: len(mock_api.events()) >= 250, 120, "events produced while running")
+        _wait_for(lambda: sum(committed(f"g-{topic}", topic).values()) == 250, 60,
+                  "offsets committed after delivery")
+        assert proc.poll() is None, "a streaming run keeps consuming"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert len({e["event_id"] for e in mock_api.events()}) == 250
+    assert mock_api.distinct_conflicts() == []
