@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 
 from flexprice_beam.config import CollectorConfig
 
 API_KEY = "test-key"
+
+# Fuzzing depth (tests/test_fuzz.py): HYPOTHESIS_PROFILE=ci (default, ~300 examples per
+# property) or full (10,000); docs/reliability.md has the figures of the last full run.
+_FUZZ = dict(deadline=None, print_blob=True,
+             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=300, **_FUZZ)
+settings.register_profile("full", max_examples=10_000, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import random
 import time
 
 import pytest
+from pydantic import ValidationError
 
 from flexprice_beam.config import FlexpriceOutput
 from flexprice_beam.io.client import Answer, FlexpriceClient, InsecureTransportError, Kind
@@ -60,8 +61,11 @@ def _out(**kw):
 
 def test_plain_http_only_to_loopback_unless_allowed():
     assert FlexpriceClient(_out(api_host="127.0.0.1:8080", scheme="http")).base_url.startswith("http://")
+    with pytest.raises(ValidationError, match="(?s)scheme.*plain http to api.example.com"):
+        _out(scheme="http")  # refused when the config loads (docs/reliability.md)
+    unchecked = FlexpriceOutput.model_construct(**{**_out().__dict__, "scheme": "http"})
     with pytest.raises(InsecureTransportError, match="refusing plain http"):
-        FlexpriceClient(_out(scheme="http"))
+        FlexpriceClient(unchecked)  # and again by the client, whatever built the config
     FlexpriceClient(_out(scheme="http", allow_insecure=True))
 
 

@@ -25,8 +25,6 @@ import sys
 import tempfile
 
 import grpc
-from google.protobuf import json_format, text_format
-
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import (
     beam_artifact_api_pb2,
@@ -36,6 +34,7 @@ from apache_beam.portability.api import (
     beam_runner_api_pb2,
     endpoints_pb2,
 )
+from google.protobuf import json_format, text_format
 
 LOG = logging.getLogger("sdk_worker_boot")
 NOT_INSTALLED = ("requirements.txt", "extra_packages.txt", "workflow.tar.gz", "dataflow_python_sdk.tar")
@@ -69,7 +68,9 @@ def fetch_artifacts(endpoint: str, deps, staged_dir: str, metadata) -> None:
             continue
         target = os.path.join(staged_dir, os.path.basename(name))
         with open(target + ".part", "wb") as out:
-            for chunk in stub.GetArtifact(beam_artifact_api_pb2.GetArtifactRequest(artifact=dep), metadata=metadata):
+            for chunk in stub.GetArtifact(
+                beam_artifact_api_pb2.GetArtifactRequest(artifact=dep), metadata=metadata
+            ):
                 out.write(chunk.data)
         os.replace(target + ".part", target)
         if os.path.basename(name) in NOT_INSTALLED:
@@ -87,9 +88,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [boot {args.id}] %(message)s")
 
     md = [("worker_id", args.id)]
-    info = beam_provision_api_pb2_grpc.ProvisionServiceStub(_channel(args.provision_endpoint)).GetProvisionInfo(
-        beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=md
-    ).info
+    info = (
+        beam_provision_api_pb2_grpc.ProvisionServiceStub(_channel(args.provision_endpoint))
+        .GetProvisionInfo(beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=md)
+        .info
+    )
 
     base = args.semi_persist_dir or os.environ.get("FLEXPRICE_SDK_WORK_DIR") or tempfile.gettempdir()
     os.makedirs(base, exist_ok=True)
@@ -112,7 +115,9 @@ def main(argv=None) -> int:
         if info.HasField("status_endpoint"):
             env["STATUS_API_SERVICE_DESCRIPTOR"] = text_format.MessageToString(info.status_endpoint)
         LOG.info("starting sdk_worker_main (work dir %s)", work)
-        child = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"], env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"], env=env
+        )
 
         def forward(signum, _frame):
             child.send_signal(signum)

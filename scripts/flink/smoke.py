@@ -169,8 +169,9 @@ def runner_args(args, job_name: str) -> list[str]:
 
 def _default_jar() -> str:
     """The job server jar scripts/flink.sh uses (its `env` prints FLINK_JOB_SERVER_JAR)."""
-    out = subprocess.run([os.path.join(ROOT, "scripts", "flink.sh"), "env"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [os.path.join(ROOT, "scripts", "flink.sh"), "env"], check=True, capture_output=True, text=True
+    ).stdout
     for line in out.splitlines():
         if line.startswith("export FLINK_JOB_SERVER_JAR="):
             jar = line.split("=", 1)[1]
@@ -198,12 +199,18 @@ def run_batch(args, rest: FlinkRest) -> None:
     print(f"batch finished in {time.time() - t0:.1f}s with state {state}", flush=True)
     check(str(state).endswith("DONE"), f"batch pipeline state DONE (got {state})")
     lines = open(out).read().split() if os.path.exists(out) else []
-    check(sorted(map(int, lines)) == [i * i for i in range(1, n + 1)], f"batch output has the {n} squares ({len(lines)} lines)")
+    check(
+        sorted(map(int, lines)) == [i * i for i in range(1, n + 1)],
+        f"batch output has the {n} squares ({len(lines)} lines)",
+    )
     job = rest.find_job(job_name, timeout=30, states=("FINISHED",))
     check(job is not None, f"Flink /jobs/overview lists {job_name} as FINISHED")
     if job:
         tms = rest.taskmanagers_of(job["jid"])
-        check(bool(tms) and tms <= rest.live_taskmanager_ids(), f"a registered TaskManager ran the batch job ({', '.join(sorted(tms))})")
+        check(
+            bool(tms) and tms <= rest.live_taskmanager_ids(),
+            f"a registered TaskManager ran the batch job ({', '.join(sorted(tms))})",
+        )
         print(f"batch job {job['jid']} tasks={job.get('tasks')} duration={job.get('duration')}ms", flush=True)
 
 
@@ -215,8 +222,7 @@ def run_streaming(args, rest: FlinkRest) -> None:
     interval = args.fire_interval
     print(f"--- streaming ({args.runner}) job={job_name} out={out}", flush=True)
     opts = PipelineOptions(
-        runner_args(args, job_name)
-        + ["--streaming", f"--checkpointing_interval={args.checkpoint_ms}"]
+        runner_args(args, job_name) + ["--streaming", f"--checkpointing_interval={args.checkpoint_ms}"]
     )
     start = time.time()
     p = beam.Pipeline(options=opts)
@@ -234,7 +240,9 @@ def run_streaming(args, rest: FlinkRest) -> None:
     jid = job["jid"]
     print(f"flink job id {jid}", flush=True)
     # wait until the operators are actually deployed/running
-    check(rest.wait_all_running(jid, 120), f"all tasks RUNNING after {time.time() - start:.1f}s from submission")
+    check(
+        rest.wait_all_running(jid, 120), f"all tasks RUNNING after {time.time() - start:.1f}s from submission"
+    )
     tms = rest.taskmanagers_of(jid)
     live = rest.live_taskmanager_ids()
     check(bool(tms) and tms <= live, f"streaming job runs on registered TaskManager(s) {sorted(tms)}")
@@ -243,13 +251,22 @@ def run_streaming(args, rest: FlinkRest) -> None:
     old_tms = set(tms)
     t_end = time.time() + args.seconds
     while time.time() < t_end:
-        if args.kill_taskmanager_after and killed_at is None and time.time() - start >= args.kill_taskmanager_after:
+        if (
+            args.kill_taskmanager_after
+            and killed_at is None
+            and time.time() - start >= args.kill_taskmanager_after
+        ):
             cps = rest.checkpoints(jid)["counts"]
             print(f"before kill: checkpoints {cps}", flush=True)
-            check(cps.get("completed", 0) >= 1, f"at least one completed checkpoint before the kill ({cps.get('completed')})")
+            check(
+                cps.get("completed", 0) >= 1,
+                f"at least one completed checkpoint before the kill ({cps.get('completed')})",
+            )
             killed_at = time.time()
             print("SIGKILL TaskManager + start a new one", flush=True)
-            subprocess.run([os.path.join(ROOT, "scripts", "flink.sh"), "restart-taskmanager", "--kill"], check=True)
+            subprocess.run(
+                [os.path.join(ROOT, "scripts", "flink.sh"), "restart-taskmanager", "--kill"], check=True
+            )
             print(f"restart-taskmanager returned after {time.time() - killed_at:.1f}s", flush=True)
         time.sleep(1)
 
@@ -257,21 +274,35 @@ def run_streaming(args, rest: FlinkRest) -> None:
     cps = rest.checkpoints(jid)
     counts = cps["counts"]
     print(f"job state {info['state']}, checkpoint counts {counts}", flush=True)
-    check(info["state"] == "RUNNING", f"streaming job still RUNNING after {args.seconds}s (got {info['state']})")
+    check(
+        info["state"] == "RUNNING", f"streaming job still RUNNING after {args.seconds}s (got {info['state']})"
+    )
     check(counts.get("completed", 0) >= 2, f">= 2 completed checkpoints ({counts.get('completed')})")
     lines = open(out).read().split() if os.path.exists(out) else []
     print(f"output lines so far: {len(lines)}", flush=True)
-    check(len(lines) >= max(3, int(args.seconds / interval * 0.3)), f"streaming output grew ({len(lines)} lines)")
+    check(
+        len(lines) >= max(3, int(args.seconds / interval * 0.3)),
+        f"streaming output grew ({len(lines)} lines)",
+    )
 
     if killed_at is not None:
         restored = (cps.get("latest") or {}).get("restored")
         print(f"latest.restored = {json.dumps(restored)}", flush=True)
-        check(restored is not None and restored.get("id") is not None,
-              f"job was restored from checkpoint {restored and restored.get('id')} after the TaskManager loss")
+        check(
+            restored is not None and restored.get("id") is not None,
+            f"job was restored from checkpoint {restored and restored.get('id')} after the TaskManager loss",
+        )
         new_tms = rest.taskmanagers_of(jid)
-        check(bool(new_tms) and not (new_tms & old_tms), f"job now runs on the new TaskManager {sorted(new_tms)} (old {sorted(old_tms)})")
+        check(
+            bool(new_tms) and not (new_tms & old_tms),
+            f"job now runs on the new TaskManager {sorted(new_tms)} (old {sorted(old_tms)})",
+        )
         if restored and restored.get("restore_timestamp"):
-            print(f"recovery: restored {restored['restore_timestamp'] / 1000 - killed_at:.1f}s after the SIGKILL", flush=True)
+            print(
+                f"recovery: restored {restored['restore_timestamp'] / 1000 - killed_at:.1f}s "
+                "after the SIGKILL",
+                flush=True,
+            )
         exc = rest.call(f"/jobs/{jid}/exceptions")
         root = (exc.get("root-exception") or "").splitlines()[:1]
         print(f"root exception: {root}", flush=True)
@@ -282,9 +313,13 @@ def run_streaming(args, rest: FlinkRest) -> None:
         dups = sum(v - 1 for v in c.values() if v > 1)
         before_kill = sum(1 for x in c if float(x) < killed_at)
         print(f"distinct ticks {len(c)}, duplicated {dups}, ticks before kill {before_kill}", flush=True)
-        check(dups < before_kill, f"source resumed from checkpointed position ({dups} replayed < {before_kill} emitted before the kill)")
+        check(
+            dups < before_kill,
+            f"source resumed from checkpointed position "
+            f"({dups} replayed < {before_kill} emitted before the kill)",
+        )
         ticks = sorted(float(x) for x in c)
-        gaps = [b - a for a, b in zip(ticks, ticks[1:]) if b - a > interval * 1.5]
+        gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False) if b - a > interval * 1.5]
         check(not gaps, f"no ticks lost across the failover (gaps > {interval * 1.5}s: {gaps[:5]})")
 
     t_cancel = time.time()
@@ -309,25 +344,40 @@ def run_kafka(args, rest: FlinkRest) -> None:
     n = args.messages
     job_name = f"smoke-kafka-{int(time.time())}"
     out = os.path.join(args.out_dir, f"{job_name}.txt")
-    print(f"--- kafka ({args.runner}) bootstrap={args.bootstrap} topic={topic} expansion={args.expansion_service}", flush=True)
-    producer = KafkaProducer(bootstrap_servers=args.bootstrap)
+    print(
+        f"--- kafka ({args.runner}) bootstrap={args.bootstrap} topic={topic} "
+        f"expansion={args.expansion_service}",
+        flush=True,
+    )
+    try:
+        producer = KafkaProducer(bootstrap_servers=args.bootstrap)
+    except Exception as e:  # noqa: BLE001 - report, do not trace back
+        check(False, f"Kafka broker {args.bootstrap} reachable ({type(e).__name__}: {e})")
+        return
     for i in range(n):
         producer.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode())
     producer.flush()
     producer.close()
 
-    opts = PipelineOptions(runner_args(args, job_name) + ["--streaming", f"--checkpointing_interval={args.checkpoint_ms}"])
+    opts = PipelineOptions(
+        runner_args(args, job_name) + ["--streaming", f"--checkpointing_interval={args.checkpoint_ms}"]
+    )
     p = beam.Pipeline(options=opts)
     (
         p
-        | "Read" >> ReadFromKafka(
-            consumer_config={"bootstrap.servers": args.bootstrap, "auto.offset.reset": "earliest",
-                             "group.id": job_name},
+        | "Read"
+        >> ReadFromKafka(
+            consumer_config={
+                "bootstrap.servers": args.bootstrap,
+                "auto.offset.reset": "earliest",
+                "group.id": job_name,
+            },
             topics=[topic],
             with_metadata=True,
             expansion_service=args.expansion_service,
         )
-        | "Fmt" >> beam.Map(lambda r: f"{r.topic}/{r.partition}/{r.offset}/{r.key.decode()}={r.value.decode()}")
+        | "Fmt"
+        >> beam.Map(lambda r: f"{r.topic}/{r.partition}/{r.offset}/{r.key.decode()}={r.value.decode()}")
         | "Append" >> beam.ParDo(AppendToFile(out))
     )
     t0 = time.time()
@@ -343,9 +393,15 @@ def run_kafka(args, rest: FlinkRest) -> None:
             time.sleep(1)
         print(f"read {len(lines)} records in {time.time() - t0:.1f}s", flush=True)
         values = sorted(x.split("=", 1)[1] for x in lines)
-        check(sorted(set(values)) == sorted(f"v{i}" for i in range(n)), f"all {n} Kafka records reached the Python DoFn ({len(lines)} lines)")
+        check(
+            sorted(set(values)) == sorted(f"v{i}" for i in range(n)),
+            f"all {n} Kafka records reached the Python DoFn ({len(lines)} lines)",
+        )
         rest.cancel(job["jid"])
-        check(rest.wait_state(job["jid"], ("CANCELED",), 60) == "CANCELED", "kafka job CANCELED through Flink REST")
+        check(
+            rest.wait_state(job["jid"], ("CANCELED",), 60) == "CANCELED",
+            "kafka job CANCELED through Flink REST",
+        )
     try:
         result.wait_until_finish(duration=30_000)
     except Exception:  # noqa: BLE001
@@ -374,22 +430,36 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-ms", type=int, default=5000)
     ap.add_argument("--kill-taskmanager-after", type=float, default=0)
     ap.add_argument("--out-dir", default=None)
-    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-                    help="kafka mode: PLAINTEXT bootstrap servers")
-    ap.add_argument("--topic", default=None, help="kafka mode: topic (default: a new one, deleted afterwards)")
+    ap.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        help="kafka mode: PLAINTEXT bootstrap servers",
+    )
+    ap.add_argument(
+        "--topic", default=None, help="kafka mode: topic (default: a new one, deleted afterwards)"
+    )
     ap.add_argument("--messages", type=int, default=20)
-    ap.add_argument("--expansion-service", default=os.environ.get("BEAM_EXPANSION_SERVICE", "localhost:8097"),
-                    help="kafka mode: Java expansion service (scripts/flink.sh starts one with the EMBEDDED env)")
+    ap.add_argument(
+        "--expansion-service",
+        default=os.environ.get("BEAM_EXPANSION_SERVICE", "localhost:8097"),
+        help="kafka mode: Java expansion service (scripts/flink.sh starts one with the EMBEDDED env)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    args.out_dir = args.out_dir or tempfile.mkdtemp(prefix="flink-smoke-", dir=os.path.join(CACHE, "data") if os.path.isdir(CACHE) else None)
+    args.out_dir = args.out_dir or tempfile.mkdtemp(
+        prefix="flink-smoke-", dir=os.path.join(CACHE, "data") if os.path.isdir(CACHE) else None
+    )
     os.makedirs(args.out_dir, exist_ok=True)
     rest = FlinkRest(args.flink_rest)
     try:
         ov = rest.call("/overview")
     except (urllib.error.URLError, OSError) as e:
         sys.exit(f"Flink REST {args.flink_rest} not reachable ({e}); run scripts/flink.sh start")
-    print(f"flink {ov.get('flink-version')}: {ov.get('taskmanagers')} TM, {ov.get('slots-available')}/{ov.get('slots-total')} slots free", flush=True)
+    print(
+        f"flink {ov.get('flink-version')}: {ov.get('taskmanagers')} TM, "
+        f"{ov.get('slots-available')}/{ov.get('slots-total')} slots free",
+        flush=True,
+    )
     if args.mode in ("batch", "all"):
         run_batch(args, rest)
     if args.mode in ("streaming", "all"):
