@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from flexprice_beam import __version__
@@ -70,6 +71,10 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(args.log_level or cfg.logger.level, args.log_format or cfg.logger.format)
+    if args.runner == "flink":
+        return _run_flink(args, cfg, beam_args)
+    if args.flink_master or args.parallelism or args.attach:
+        log.warning("--flink-master/--parallelism/--attach apply to --runner flink only")
     sink = dead_sink = None
     if args.dry_run:
         from flexprice_beam.io.dead_letter import PrintDeadLetters
@@ -80,13 +85,26 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     metrics = None
     if not args.no_metrics and (args.metrics_address or cfg.metrics.enabled):
         metrics = args.metrics_address or cfg.metrics.address
-    local = runner.runs_in_process(runner.pipeline_options(list(beam_args)))
-    signals = shutdown.handle_signals(args.shutdown_grace) if local else shutdown.nullcontext()
+    try:
+        local = runner.runs_in_process(runner.pipeline_options(list(beam_args), cfg))
+    except ValueError:  # e.g. no Prism binary: runner.run reports it below
+        local = False
+    # Only the generator stops on request; Kafka input exits at once (its uncommitted
+    # offsets are read again), see ops/shutdown.py.
+    signals = shutdown.handle_signals(args.shutdown_grace, graceful=cfg.input.generate is not None) \
+        if local else shutdown.nullcontext()
     try:
         with signals as stop:
             summary = runner.run(cfg, beam_args, sink=sink, dead_letter_sink=dead_sink,
                                  metrics=metrics, progress=args.progress,
                                  status_interval=args.status_interval)
+    except KeyboardInterrupt:  # Kafka input on SIGTERM/SIGINT, or Ctrl-C without handlers
+        code = shutdown.STOP.exit_code if shutdown.STOP.requested.is_set() else 130
+        log.error("Interrupted: exiting with %d; nothing uncommitted is lost (re-run to "
+                  "read it again)", code)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)  # not sys.exit: the sink's threads may still be retrying
     except Exception as exc:  # construction errors: bad options, unreachable expansion service
         log.error("Could not start the pipeline: %s", exc)
         return 2
@@ -94,6 +112,13 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
         with open(args.summary_json, "w", encoding="utf-8") as f:
             json.dump(summary.as_dict(), f, indent=2)
     print(summary.render())
+    if stop is not None and stop.requested.is_set() and not stop.graceful:
+        # The interrupt surfaced inside a DoFn, so the runner reported it as a failure.
+        log.error("Stopped by %s: nothing uncommitted is lost (a re-run reads it again)",
+                  stop.signal_name)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(stop.exit_code)  # not sys.exit: the sink's threads may still be retrying
     if summary.error:
         return 1
     if stop is not None and stop.requested.is_set() and stop.cut_short:
@@ -113,6 +138,29 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
                   summary.read, summary.accepted, summary.dead_lettered, summary.filtered)
         return 3
     return 0
+
+
+def _run_flink(args: argparse.Namespace, cfg: CollectorConfig, beam_args: list[str]) -> int:
+    """A streaming job on a Flink cluster (pipelines/flink.py, docs/runners.md)."""
+    from flexprice_beam.config import parse_duration
+    from flexprice_beam.pipelines import flink
+
+    if args.dry_run:
+        print("--dry-run runs locally only; drop --runner flink", file=sys.stderr)
+        return 2
+    try:
+        interval = parse_duration(args.checkpointing_interval)
+    except ValueError as exc:
+        print(f"--checkpointing-interval: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return flink.run_cli(cfg, flink_master=args.flink_master, parallelism=args.parallelism,
+                             checkpointing_interval=interval, attach_job=args.attach,
+                             status_interval=args.status_interval, extra_args=beam_args,
+                             summary_json=args.summary_json)
+    except Exception as exc:  # construction/submission errors: bad options, job server down
+        log.error("Could not submit the job to Flink: %s", exc)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="after SIGTERM/Ctrl-C, seconds in-flight batches may keep retrying "
                           "before they are dead-lettered (default 30); a second signal exits "
                           "at once")
+    run.add_argument("--runner", choices=["direct", "flink"], default=None,
+                     help="direct (default: this process) or flink: submit a streaming job "
+                          "through the Beam job server (FLEXPRICE_FLINK_JOB_ENDPOINT, "
+                          "localhost:8099); see docs/runners.md")
+    run.add_argument("--flink-master", metavar="HOST:PORT",
+                     help="Flink REST address, to find, follow and cancel the job "
+                          "(default $FLINK_REST or 127.0.0.1:8081)")
+    run.add_argument("--parallelism", type=int, help="Flink parallelism of the job")
+    run.add_argument("--checkpointing-interval", default="10s",
+                     help="Flink checkpoint interval (default 10s); Kafka offsets are "
+                          "committed when a checkpoint completes")
+    run.add_argument("--attach", action="store_true",
+                     help="--runner flink: stay attached and log status; Ctrl-C cancels the "
+                          "job (default: return once the job runs and print its id)")
 
     lint = sub.add_parser("lint", help="validate a config file (exit 0 or 1)")
     lint.add_argument("-c", "--config", required=True)

@@ -33,6 +33,21 @@ log = logging.getLogger("flexprice_beam.sink")
 
 _ENVELOPE = len(b'{"events":[]}')
 
+# One SDK worker process can hold several instances of the sink (Flink runs every parallel
+# subtask of a TaskManager in one Python worker; Dataflow runs many bundles per process), so
+# ``max_in_flight`` is enforced per process and API endpoint, not per DoFn instance.
+_PERMITS: dict[tuple, threading.BoundedSemaphore] = {}
+_PERMITS_LOCK = threading.Lock()
+
+
+def process_permits(cfg: FlexpriceOutput) -> threading.BoundedSemaphore:
+    key = (cfg.scheme, cfg.api_host, cfg.max_in_flight)
+    with _PERMITS_LOCK:
+        sem = _PERMITS.get(key)
+        if sem is None:
+            sem = _PERMITS[key] = threading.BoundedSemaphore(cfg.max_in_flight)
+        return sem
+
 
 def delivery_dead_letter(d: Delivery) -> dict:
     return dead_letter("delivery", d.reason or "rejected", record=d.item.record,
@@ -101,6 +116,7 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._deliverer = EventDeliverer(self._client, RetryPolicy.from_config(cfg.retry),
                                          self._throttle, single=cfg.mode == "single")
         self._pool = ThreadPoolExecutor(cfg.max_in_flight, thread_name_prefix="flexprice-post")
+        self._permits = process_permits(cfg)
         self._max_pending = cfg.max_in_flight * 2  # bounded memory: the rest waits upstream
         self._lock = threading.Lock()
         self._stop_flusher = threading.Event()
@@ -145,8 +161,12 @@ class _FlexpriceSinkFn(beam.DoFn):
 
     def _submit(self, batch: list[Prepared]) -> None:
         if batch:
-            self._pending.add(self._pool.submit(self._deliverer.deliver, batch))
+            self._pending.add(self._pool.submit(self._deliver, batch))
             live.LIVE.set_gauge("batches_in_flight", len(self._pending))
+
+    def _deliver(self, batch: list[Prepared]) -> BatchOutcome:
+        with self._permits:  # at most max_in_flight requests per worker process
+            return self._deliverer.deliver(batch)
 
     def _flush_aged(self) -> None:
         period = max(self._cfg.batching.period, 0.01)

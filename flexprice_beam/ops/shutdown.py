@@ -14,8 +14,10 @@ not lost either: the generator re-creates the same events (same ``event_id`` and
 when ``start_time`` is set) on a re-run with the same config, and Flexprice deduplicates
 what already arrived; Kafka input is re-read from the last committed offset.
 
-Only in-process runners (FnApiRunner/DirectRunner) get these handlers: there the DoFns run
-in this process and see ``STOP``. A launcher of a remote job keeps Python's defaults.
+Only in-process runners (FnApiRunner/DirectRunner, Prism in LOOPBACK) get these handlers:
+there the DoFns run in this process and see ``STOP``. A launcher of a remote job keeps
+Python's defaults. Kafka input cannot be stopped from Python (the reader is Java): there the
+first signal exits at once, which loses nothing either (see ``handle_signals``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Shutdown:
         self.cut_short = False
         #: what to set so that a re-run deduplicates (the generator's start_time)
         self.resume_hint: str | None = None
+        #: False: the input cannot be stopped on request (Kafka), a signal interrupts the run
+        self.graceful = True
 
     def request(self, signum: int, grace: float) -> None:
         self.signum = signum
@@ -78,9 +82,15 @@ def _say(text: str) -> None:
 
 
 @contextlib.contextmanager
-def handle_signals(grace: float = 30.0) -> Iterator[Shutdown]:
-    """Install the two-stage SIGTERM/SIGINT handlers for the duration of a run."""
+def handle_signals(grace: float = 30.0, graceful: bool = True) -> Iterator[Shutdown]:
+    """Install the two-stage SIGTERM/SIGINT handlers for the duration of a run.
+
+    ``graceful=False`` (Kafka input, whose Java reader cannot be asked to stop): the first
+    signal exits at once. Offsets are committed only for records accepted or dead-lettered,
+    so a restart reads the rest again and Flexprice deduplicates what had arrived.
+    """
     STOP.reset()
+    STOP.graceful = graceful
     if threading.current_thread() is not threading.main_thread():
         yield STOP
         return
@@ -94,6 +104,11 @@ def handle_signals(grace: float = 30.0) -> Iterator[Shutdown]:
                  "read again).")
             os._exit(128 + signum)
         STOP.request(signum, grace)
+        if not graceful:  # unwind (the runner stops its expansion service), then exit
+            _say(f"Received {name}: exiting now. Kafka offsets are committed only for "
+                 "delivered or dead-lettered records; a restart reads the rest again "
+                 "(already-sent events are deduplicated).")
+            raise KeyboardInterrupt
         _say(f"Received {name}: stopping the input and flushing in-flight batches (retries "
              f"get up to {grace:g}s more, then go to the dead letters). Send {name} again to "
              "exit immediately.")

@@ -1,0 +1,237 @@
+"""Stop paths of ``flexprice-beam run`` (docs/reliability.md, "Stopping").
+
+* SIGTERM / SIGINT: the source stops, in-flight batches are flushed, the run exits 143 / 130
+  with every event it read accounted for; a re-run with the same config re-sends the same
+  bytes, so everything arrives exactly once;
+* a second signal exits at once; the re-run re-sends what was in flight (deduplicated);
+* SIGTERM while the API is down: retries stop after ``--shutdown-grace``, the rest is
+  dead-lettered (never dropped);
+* 401/403 stop the run within seconds; a full disk under the dead letters fails the run,
+  naming the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.reliability_helpers import (
+    account,
+    cli,
+    finish,
+    generator_ids,
+    record,
+    wait_until,
+    write_config,
+)
+
+SEED = 7
+RUN = ["--progress", "off", "--no-metrics"]
+
+
+def _run_args(config: Path, summary: Path, *extra: str) -> list[str]:
+    return ["run", "-c", str(config), "--summary-json", str(summary), *RUN, *extra]
+
+
+def _summary(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _stored(mock) -> int:
+    return len(mock.events())
+
+
+def _dead(path: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(path.glob("*.jsonl"))
+            for line in f.read_text().splitlines() if line]
+
+
+def test_sigterm_on_unbounded_generator_flushes_and_rerun_is_exactly_once(mock_api, tmp_path):
+    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
+                          generate={"count": 0, "interval": "0.4ms", "batch_size": 200},
+                          dead_letter=tmp_path / "dl")
+    first = tmp_path / "first.json"
+    proc = cli(_run_args(config, first))
+    wait_until(lambda: _stored(mock_api) >= 3000, 60, what="3000 events stored")
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc, 60)
+    assert code == 143, f"{code}\n{out}\n{err[-3000:]}"
+    assert "Received SIGTERM" in err and "Stopped by SIGTERM" in err
+    s1 = _summary(first)
+    assert s1["balanced"] and s1["read"] == s1["accepted"] >= 3000, s1
+    # Flushed: every event read before the stop reached the API, and none more.
+    account(mock_api, generator_ids(SEED, s1["read"]), [], s1["accepted"])
+
+    second = tmp_path / "second.json"
+    proc = cli(_run_args(config, second))
+    wait_until(lambda: _stored(mock_api) >= s1["read"] + 2000, 60, what="the re-run to pass")
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc, 60)
+    assert code == 143, f"{code}\n{err[-3000:]}"
+    s2 = _summary(second)
+    assert s2["balanced"] and s2["read"] == s2["accepted"] > s1["read"]
+    figures = account(mock_api, generator_ids(SEED, s2["read"]), [], s2["accepted"])
+    assert figures["duplicates_deduplicated"] == s1["read"], "the re-run re-sent run 1's events"
+    record("SIGTERM, unbounded generator, then re-run (SIGTERM again)", first_read=s1["read"],
+           second_read=s2["read"], accepted=s1["accepted"] + s2["accepted"], **figures)
+
+
+def test_sigint_on_bounded_run_then_rerun_completes_exactly_once(mock_api, tmp_path):
+    count = 20_000
+    mock_api.set_faults({"latency_ms": 100})  # ~2000 events/s: a run of ~10 s to interrupt
+    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
+                          generate={"count": count, "batch_size": 100},
+                          flexprice={"max_in_flight": 2}, dead_letter=tmp_path / "dl")
+    first = tmp_path / "first.json"
+    proc = cli(_run_args(config, first))
+    wait_until(lambda: _stored(mock_api) >= 1000, 60, what="1000 events stored")
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc, 60)
+    assert code == 130, f"{code}\n{out}\n{err[-3000:]}"
+    assert "Received SIGINT" in err and "Stopped by SIGINT" in err
+    s1 = _summary(first)
+    assert s1["balanced"] and s1["read"] == s1["accepted"] < count, s1
+    account(mock_api, generator_ids(SEED, s1["read"]), [], s1["accepted"])
+
+    mock_api.set_faults({})
+    proc = cli(_run_args(config, tmp_path / "second.json"))
+    code, out, err = finish(proc, 120)
+    assert code == 0, f"{code}\n{err[-3000:]}"
+    figures = account(mock_api, generator_ids(SEED, count), [])
+    assert figures["stored"] == count
+    assert figures["duplicates_deduplicated"] == s1["read"]
+    record("SIGINT (Ctrl-C), bounded run, then re-run to the end", first_read=s1["read"],
+           accepted=s1["accepted"] + _summary(tmp_path / "second.json")["accepted"], **figures)
+
+
+def test_second_signal_exits_at_once_and_rerun_resends_what_was_in_flight(mock_api, tmp_path):
+    count = 3000
+    mock_api.set_faults({"latency_ms": 4000})  # answers take 4 s: batches sit in flight
+    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
+                          generate={"count": count, "batch_size": 100},
+                          flexprice={"timeout": "10s"}, dead_letter=tmp_path / "dl")
+    proc = cli(_run_args(config, tmp_path / "first.json"))
+    wait_until(lambda: mock_api.stats()["connections_opened"] > 0, 60, what="a request")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc, 30)
+    assert time.monotonic() - began < 2.0, "the second signal must not wait for anything"
+    assert code == 143 and "again: exiting now" in err, f"{code}\n{err[-2000:]}"
+    assert not (tmp_path / "first.json").exists()  # killed: no summary
+
+    mock_api.set_faults({})
+    proc = cli(_run_args(config, tmp_path / "second.json"))
+    code, out, err = finish(proc, 60)
+    assert code == 0, f"{code}\n{err[-3000:]}"
+    figures = account(mock_api, generator_ids(SEED, count), [])
+    record("second SIGTERM (immediate exit), then re-run", **figures)
+
+
+def test_sigterm_while_api_down_dead_letters_after_the_grace(mock_api, tmp_path):
+    count = 5000
+    mock_api.set_faults({"fail_all_status": 503})
+    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
+                          generate={"count": count, "batch_size": 100},
+                          flexprice={"retry": {"max_attempts": 10_000, "initial_backoff": "50ms",
+                                               "max_backoff": "500ms", "max_elapsed": "10m"}},
+                          dead_letter=tmp_path / "dl")
+    summary = tmp_path / "first.json"
+    proc = cli(_run_args(config, summary, "--shutdown-grace", "2"))
+    wait_until(lambda: len(mock_api.requests_log) >= 8, 60, what="retries")
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc, 60)
+    took = time.monotonic() - began
+    assert code == 143, f"{code}\n{err[-3000:]}"
+    assert took < 10, f"stopping took {took:.1f}s with a 2 s grace"
+    s1 = _summary(summary)
+    dead = _dead(tmp_path / "dl")
+    assert s1["balanced"] and s1["accepted"] == 0 and s1["dead_lettered"] == s1["read"] == len(dead)
+    assert all("stopping on SIGTERM" in d["reason"] and d["status"] == 503 for d in dead)
+    account(mock_api, generator_ids(SEED, s1["read"]), dead)
+
+    mock_api.set_faults({})  # the API is back: a re-run sends everything; the dead letters
+    proc = cli(_run_args(config, tmp_path / "second.json"))  # now duplicate accepted events
+    code, out, err = finish(proc, 60)
+    assert code == 0, err[-3000:]
+    figures = account(mock_api, generator_ids(SEED, count), [])
+    record("SIGTERM while the API is down (grace 2 s), then re-run", first_read=s1["read"],
+           dead_lettered_at_stop=len(dead), stop_seconds=round(took, 1), **figures)
+
+
+@pytest.mark.parametrize("status,key", [(401, "wrong-key"), (403, "forbidden-key")])
+def test_401_403_stop_the_run_fast(mock_api, tmp_path, status, key):
+    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
+                          generate={"count": 50_000, "batch_size": 500},
+                          flexprice={"retry": {"initial_backoff": "10ms"}},
+                          dead_letter=tmp_path / "dl", api_key=key)
+    began = time.monotonic()
+    code, out, err = finish(cli(_run_args(config, tmp_path / "s.json")), 60)
+    took = time.monotonic() - began
+    assert code == 1, f"{code}\n{err[-2000:]}"
+    assert took < 15 and f"HTTP {status}" in out and "stopping without retries" in out
+    assert len(mock_api.requests_log) <= 16, "no retry storm after 401/403"
+    assert not _dead(tmp_path / "dl"), "no dead-letter flood"
+    record(f"{status} stops the run", seconds=round(took, 1), requests=len(mock_api.requests_log),
+           dead_lettered=0)
+
+
+# ------------------------------------------------------------------ full disk
+
+
+def _tmpfs(path: Path) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("how", ["tmpfs of 64 KiB", "RLIMIT_FSIZE 64 KiB"])
+def test_full_disk_under_the_dead_letters_fails_the_run_naming_it(mock_api, tmp_path, how):
+    target = tmp_path / "small"
+    mounted = False
+    preexec = None
+    if how.startswith("tmpfs"):
+        mounted = _tmpfs(target)
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root); the RLIMIT_FSIZE variant runs")
+        expect = "No space left on device"
+    else:
+        target.mkdir()
+        expect = "File too large"
+
+        def preexec():  # this process may write no regular file beyond 64 KiB
+            resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
+                          generate={"count": 3000, "customers": [""]},  # all invalid
+                          dead_letter=target / "dl")
+    try:
+        proc = cli(["run", "-c", str(config), *RUN], preexec_fn=preexec)
+        code, out, err = finish(proc, 60)
+        assert code == 1, f"{code}\n{out}\n{err[-2000:]}"
+        assert expect in out and "cannot write dead letters to" in out, out
+        files = list((target / "dl").glob("*.jsonl"))
+        lines = [line for f in files for line in f.read_bytes().split(b"\n")]
+        assert lines[-1] == b"", "the file must end with a whole line"
+        assert all(json.loads(line) for line in lines[:-1])
+        record(f"full disk under the dead letters ({how})", exit_code=code,
+               letters_on_disk=len(lines) - 1, error=expect)
+    finally:
+        if mounted:
+            with contextlib.suppress(Exception):
+                subprocess.run(["umount", str(target)], check=False, capture_output=True)
