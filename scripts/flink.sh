@@ -267,6 +267,9 @@ taskmanager.host: $HOST
 taskmanager.bind-host: $HOST
 taskmanager.numberOfTaskSlots: $TM_SLOTS
 taskmanager.memory.process.size: 2048m
+# each Beam job leaks its user-code class loader (~50 MB of metaspace): 256m (the default)
+# ran out after ~5 jobs on one TaskManager; restart-taskmanager clears it
+taskmanager.memory.jvm-metaspace.size: 512m
 parallelism.default: 1
 rest.address: $HOST
 rest.bind-address: $HOST

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     StandardOptions,
@@ -74,3 +75,42 @@ def test_batch_job_translates_and_is_not_streaming():
     job = translate(_config({"generate": {"count": 1000}}), [])
     assert job.proto.type.name == "JOB_TYPE_BATCH"
     assert "WriteToFlexprice/PostBatches" in _names(job)
+
+
+@pytest.mark.slow
+def test_streaming_kafka_job_translates_offline_with_the_java_read():
+    """Kafka input expands through a local Java expansion service (the Beam IO expansion
+    jar, as in the Flex Template launcher) into the Dataflow job, Java read included."""
+    from flexprice_beam.io.expansion import ExpansionServiceError, LocalExpansionService
+
+    cfg = CollectorConfig.model_validate({
+        "input": {"kafka": {"addresses": ["broker-1:9092"], "topics": ["usage-events"],
+                            "consumer_group": "flexprice-prod",
+                            "sasl": {"mechanism": "PLAIN", "user": "svc", "password": SECRET}}},
+        "output": {"flexprice": {"api_host": "api.cloud.flexprice.io", "api_key": SECRET}}})
+    try:
+        service = LocalExpansionService().start()
+    except ExpansionServiceError as exc:
+        pytest.fail(f"{exc} (scripts/kafka.sh install provides the jar)")
+    try:
+        job = translate(cfg, ["--streaming", f"--kafka_expansion_service={service.address}"])
+    finally:
+        service.stop()
+    assert job.proto.type.name == "JOB_TYPE_STREAMING"
+    comps = job.proto_pipeline.components
+    names = _names(job)
+    assert any(n.startswith("Read/ReadFromKafka/KafkaIO.Read") for n in names), names
+    # streaming → commit_offset_in_finalize: KafkaIO adds its offset-commit step
+    assert any("KafkaCommitOffset" in n for n in names)
+    for stage in ("Read/DecodeAndBatch", "Map/ParDo(MapRecords)", "WriteToFlexprice/PostBatches"):
+        assert any(n.startswith(stage) for n in names), stage
+    java_envs = set()
+    for env_id, env in comps.environments.items():
+        if env.urn == common_urns.environments.DOCKER.urn:
+            image = beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
+            if "beam_java" in image:
+                java_envs.add(env_id)
+    kafka_read = [t for t in comps.transforms.values()
+                  if "KafkaIO.Read" in t.unique_name and t.environment_id in java_envs]
+    assert kafka_read, "the Kafka read runs in a Java SDK container on Dataflow"
+    assert SECRET not in str(job.options.get_all_options())

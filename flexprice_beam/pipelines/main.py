@@ -1,0 +1,126 @@
+"""Entry point for launchers: ``python -m flexprice_beam.pipelines.main --config CFG [Beam options]``.
+
+The Dataflow Flex Template (docker/flex-template) runs this file; it works anywhere else too.
+
+* ``--config`` a YAML file, local or on any Beam filesystem (``gs://bucket/collector.yaml``),
+  or ``--config_yaml`` the YAML itself; ``${VAR}`` / ``${VAR:default}`` are expanded from the
+  environment as usual.
+* ``--api_key_secret projects/P/secrets/S/versions/V`` reads the Flexprice API key from
+  Secret Manager into ``FLEXPRICE_API_KEY`` first (so the config says
+  ``api_key: ${FLEXPRICE_API_KEY}``) — a template parameter would show the key in the job.
+* Everything else is a Beam option.  A remote runner (``--runner=DataflowRunner``, also the
+  default inside the Flex Template launcher) gets the job submitted and this process exits
+  with 0 once it was accepted (``--wait`` waits for the end); unbounded Kafka input turns on
+  ``--streaming``.  Without a runner it is a local run like ``flexprice-beam run`` (waits,
+  prints the reconciled summary, exit 0/1/3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from flexprice_beam.config import CollectorConfig, ConfigError, load_config_text
+
+log = logging.getLogger("flexprice_beam.main")
+
+#: set by the Flex Template launcher image (docker/flex-template/Dockerfile)
+LAUNCHER_ENV = "FLEX_TEMPLATE_PYTHON_PY_FILE"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m flexprice_beam.pipelines.main",
+                                description="Build and run the flexprice-beam collector.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="collector YAML: a local path or gs://… (any Beam filesystem)")
+    src.add_argument("--config_yaml", help="the collector YAML itself")
+    p.add_argument("--api_key_secret",
+                   help="Secret Manager version (projects/P/secrets/S/versions/V) to read "
+                        "FLEXPRICE_API_KEY from")
+    p.add_argument("--wait", action="store_true",
+                   help="remote runners: wait until the job ends (default: exit once submitted)")
+    return p
+
+
+def read_text(ref: str) -> str:
+    if "://" in ref:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(ref) as f:
+            return f.read().decode("utf-8")
+    return Path(ref).read_text(encoding="utf-8")
+
+
+def fetch_secret(name: str) -> str:
+    from google.cloud import secretmanager  # apache-beam[gcp]
+
+    client = secretmanager.SecretManagerServiceClient()
+    return client.access_secret_version(name=name).payload.data.decode("utf-8").strip()
+
+
+def load(args: argparse.Namespace) -> CollectorConfig:
+    if args.api_key_secret and not os.environ.get("FLEXPRICE_API_KEY"):
+        os.environ["FLEXPRICE_API_KEY"] = fetch_secret(args.api_key_secret)
+    if args.config_yaml is not None:
+        return load_config_text(args.config_yaml, "--config_yaml")
+    return load_config_text(read_text(args.config), args.config)
+
+
+def remote_options(cfg: CollectorConfig, beam_args: list[str]):
+    """PipelineOptions for a remote runner, or None for a local run."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = PipelineOptions(beam_args)
+    std = options.view_as(StandardOptions)
+    if std.runner is None and os.environ.get(LAUNCHER_ENV):
+        std.runner = "DataflowRunner"
+    if std.runner in (None, "DirectRunner", "direct", "FnApiRunner", "PrismRunner"):
+        return None
+    kafka = cfg.input.kafka
+    if kafka is not None and not kafka.max_records and not kafka.max_read_time:
+        std.streaming = True
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flexprice_beam.logs import setup_logging
+
+    args, beam_args = build_parser().parse_known_args(argv)
+    try:
+        cfg = load(args)
+    except (ConfigError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging(cfg.logger.level, cfg.logger.format)
+    from flexprice_beam.pipelines import runner
+
+    options = remote_options(cfg, beam_args)
+    if options is None:
+        summary = runner.run(cfg, beam_args, progress="off")
+        print(summary.render())
+        return 1 if summary.error else 0 if summary.balanced else 3
+    import apache_beam as beam
+
+    from flexprice_beam.pipelines import collector
+
+    expansion = runner._kafka_expansion(cfg, options)  # Kafka: a local Java expansion service
+    try:
+        p = beam.Pipeline(options=options)
+        collector.build(p, cfg)
+        result = p.run()
+    finally:
+        if expansion is not None:
+            expansion.stop()
+    job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
+    log.info("Submitted the collector (%s)%s", type(result).__name__,
+             f": job {job_id}" if job_id else "")
+    if args.wait:
+        result.wait_until_finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
