@@ -220,6 +220,10 @@ class ReadKafkaRecords(beam.PTransform):
         from apache_beam.io.kafka import ReadFromKafka
 
         cfg = self._cfg
+        if cfg.max_records and not cfg.max_read_time:
+            log.warning("input.kafka.max_records without max_read_time: Beam splits the record "
+                        "budget across its readers, so with uneven partitions the read can wait "
+                        "for records that never come; set max_read_time as well")
         read = ReadFromKafka(
             consumer_config=java_consumer_config(cfg),
             topics=list(cfg.topics),
