@@ -122,12 +122,13 @@ class _WriteDeadLettersFn(beam.DoFn):
         log.warning("Writing dead letters to %s", self._file_path)
         return f
 
-    def process(self, letter: dict[str, Any]) -> None:
+    def process(self, letter: dict[str, Any]):
         if self._file is None:
             self._file = self._open()
         self._append(encode_dead_letter(letter))
         self._count(letter)
         OFFSETS.done(letter.get("origin"))
+        yield letter  # written: only now may its Kafka offset be committed
 
     def _append(self, data: bytes) -> None:
         """Whole lines only: a write that fails (full disk, quota, file size limit) is cut
@@ -173,7 +174,7 @@ class _WriteDeadLettersFn(beam.DoFn):
 
 
 class WriteDeadLetters(beam.PTransform):
-    """PCollection[dead-letter dict] → files; returns nothing useful (a sink)."""
+    """PCollection[dead-letter dict] → files; returns the letters once written."""
 
     def __init__(self, path: str):
         super().__init__()

@@ -86,11 +86,11 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
         dead.append(written[DEAD_LETTER])
         deliveries = written.deliveries
     dead_letters = tuple(dead) | "CollectDeadLetters" >> beam.Flatten()
-    dead_letters | "WriteDeadLetters" >> (
+    written = dead_letters | "WriteDeadLetters" >> (
         dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter.path))
     if cfg.input.kafka is not None and deliveries is not None and not streaming:
         from flexprice_beam.io.kafka import CommitDeliveredOffsets
 
-        (deliveries, dead_letters) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
+        (deliveries, written) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
             cfg.input.kafka)
     return CollectorOutputs(deliveries, dead_letters)
