@@ -64,3 +64,30 @@ def read_dead_letters(cfg: CollectorConfig) -> list[dict]:
     for f in sorted(Path(cfg.output.dead_letter.path).glob("*.jsonl")):
         out.extend(json.loads(line) for line in f.read_text().splitlines() if line)
     return out
+
+
+# -- Kafka (tests marked `kafka`): the real local broker and one expansion service per module
+
+
+@pytest.fixture(scope="module")
+def broker():
+    from tests.kafka_helpers import ensure_broker
+
+    return ensure_broker()
+
+
+@pytest.fixture(scope="module")
+def expansion(broker):
+    """One expansion service JVM per module, shared with CLI subprocesses via the env."""
+    import os
+
+    from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService
+
+    with LocalExpansionService() as service:
+        old = os.environ.get(ENV_ADDRESS)
+        os.environ[ENV_ADDRESS] = service.address
+        yield service.address
+        if old is None:
+            os.environ.pop(ENV_ADDRESS, None)
+        else:
+            os.environ[ENV_ADDRESS] = old

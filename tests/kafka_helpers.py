@@ -72,3 +72,11 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def good(i: int) -> bytes:
+    """A valid usage event as a Kafka value."""
+    import orjson
+
+    return orjson.dumps({"event_name": "api.request", "external_customer_id": f"cust_{i % 7}",
+                         "properties": {"value": i}})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,6 +12,7 @@ import yaml
 
 from flexprice_beam.config import CollectorConfig
 from tests.conftest import API_KEY
+from tests.reliability_helpers import wait_until
 
 
 def free_port() -> int:
@@ -42,13 +42,7 @@ def stats(base: str) -> dict:
 
 
 def wait_for(predicate, timeout: float = 10.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
+    return wait_until(predicate, timeout, every)
 
 
 def dead_letter_files(cfg: CollectorConfig) -> list[Path]:

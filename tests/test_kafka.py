@@ -8,43 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import orjson
 import pytest
 import yaml
 
 from flexprice_beam.events import rfc3339_from_millis
-from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService
 from flexprice_beam.io.send_events import main as send_events
 from flexprice_beam.pipelines.runner import run
 from tests.conftest import API_KEY, make_config, read_dead_letters
-from tests.kafka_helpers import ROOT, committed, ensure_broker, new_topic, produce
+from tests.kafka_helpers import ROOT, committed, good, new_topic, produce
+from tests.reliability_helpers import wait_until
 
 pytestmark = [pytest.mark.kafka]
-
-
-@pytest.fixture(scope="module")
-def broker():
-    return ensure_broker()
-
-
-@pytest.fixture(scope="module")
-def expansion(broker):
-    """One expansion service JVM for the module's in-process runs (saves ~5 s per run)."""
-    with LocalExpansionService() as service:
-        old = os.environ.get(ENV_ADDRESS)
-        os.environ[ENV_ADDRESS] = service.address
-        yield service.address
-        if old is None:
-            os.environ.pop(ENV_ADDRESS, None)
-        else:
-            os.environ[ENV_ADDRESS] = old
-
-
-def good(i: int) -> bytes:
-    return orjson.dumps({"event_name": "api.request", "external_customer_id": f"cust_{i % 7}",
-                         "properties": {"value": i}})
 
 
 def kafka_input(broker, topic, listener="PLAINTEXT", **extra):
@@ -151,23 +126,15 @@ def _cli(path, *extra):
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def test_sigkill_mid_run_then_restart_loses_nothing(broker, mock_api, tmp_path):
     topic = new_topic()
     produce(topic, [good(i) for i in range(1000)])
-    mock_api.set_faults({"latency_ms": 40})
-    path = _write_yaml(tmp_path, mock_api, kafka_input(broker, topic, max_records=1000))
+    mock_api.set_faults({"latency_ms": 300})  # 40 requests, 2 in flight: ~6 s of delivery
+    path = _write_yaml(tmp_path, mock_api, kafka_input(broker, topic, max_records=1000),
+                       batching={"count": 25, "period": "200ms"})
     first = _cli(path)
     try:
-        _wait_for(lambda: len(mock_api.events()) >= 150, 180, "the first run to deliver some")
+        wait_until(lambda: len(mock_api.events()) >= 100, 180, what="the first run to deliver some")
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
@@ -192,11 +159,11 @@ def test_streaming_run_delivers_events_produced_while_running(broker, mock_api, 
     del cfg["kafka"]["max_read_time"]  # unbounded: streams on Prism until stopped
     proc = _cli(_write_yaml(tmp_path, mock_api, cfg))
     try:
-        _wait_for(lambda: len(mock_api.events()) >= 100, 240, "the first 100 events")
+        wait_until(lambda: len(mock_api.events()) >= 100, 240, what="the first 100 events")
         produce(topic, [good(i) for i in range(100, 250)])
-        _wait_for(lambda: len(mock_api.events()) >= 250, 120, "events produced while running")
-        _wait_for(lambda: sum(committed(f"g-{topic}", topic).values()) == 250, 60,
-                  "offsets committed after delivery")
+        wait_until(lambda: len(mock_api.events()) >= 250, 120, what="events produced while running")
+        wait_until(lambda: sum(committed(f"g-{topic}", topic).values()) == 250, 60,
+                   what="offsets committed after delivery")
         assert proc.poll() is None, "a streaming run keeps consuming"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

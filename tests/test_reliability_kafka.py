@@ -5,43 +5,17 @@ local broker (scripts/kafka.sh) — the same checks as tests/test_reliability_*.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
-import orjson
 import pytest
 
-from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService
 from flexprice_beam.pipelines.runner import run
 from tests.conftest import make_config, read_dead_letters
-from tests.kafka_helpers import committed, ensure_broker, new_topic, produce
+from tests.kafka_helpers import committed, good, new_topic, produce
 from tests.reliability_helpers import account, cli, finish, record, wait_until
 
 pytestmark = [pytest.mark.kafka]
-
-
-@pytest.fixture(scope="module")
-def broker():
-    return ensure_broker()
-
-
-@pytest.fixture(scope="module")
-def expansion(broker):
-    """One expansion service for the module, shared with the CLI subprocesses via the env."""
-    with LocalExpansionService() as service:
-        old = os.environ.get(ENV_ADDRESS)
-        os.environ[ENV_ADDRESS] = service.address
-        yield service.address
-        if old is None:
-            os.environ.pop(ENV_ADDRESS, None)
-        else:
-            os.environ[ENV_ADDRESS] = old
-
-
-def good(i: int) -> bytes:
-    return orjson.dumps({"event_name": "api.request", "external_customer_id": f"cust_{i % 7}",
-                         "properties": {"value": i}})
 
 
 BAD = [b"\xff\xfe not utf-8", b'{"event_name": "a", "external_customer_id": ', b"[1, 2]",
