@@ -56,9 +56,9 @@ def test_kafka_sigterm_mid_run_exits_now_and_restart_reads_again(broker, expansi
     n = 1500
     topic = new_topic()
     metas = produce(topic, [good(i) for i in range(n)])
-    mock_api.set_faults({"latency_ms": 40})
+    mock_api.set_faults({"latency_ms": 300})  # 60 requests, 2 in flight: ~9 s of delivery
     config = tmp_path / "k.yaml"
-    cfg = make_config(mock_api, tmp_path, flexprice={"max_in_flight": 2, "batching": {"count": 50}},
+    cfg = make_config(mock_api, tmp_path, flexprice={"max_in_flight": 2, "batching": {"count": 25}},
                       input_={"kafka": {"addresses": [broker["KAFKA_BOOTSTRAP_PLAINTEXT"]],
                                         "topics": [topic], "consumer_group": f"g-{topic}",
                                         "max_records": n, "max_read_time": "90s"}})
@@ -67,7 +67,7 @@ def test_kafka_sigterm_mid_run_exits_now_and_restart_reads_again(broker, expansi
     config_file(cfg, config)
     args = ["run", "-c", str(config), "--no-metrics", "--progress", "off"]
     proc = cli(args)
-    wait_until(lambda: len(mock_api.events()) >= 150, 120, what="the first run to deliver some")
+    wait_until(lambda: len(mock_api.events()) >= 100, 120, what="the first run to deliver some")
     began = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code, out, err = finish(proc, 60)
