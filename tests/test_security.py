@@ -203,8 +203,7 @@ def test_the_key_is_in_no_pipeline_option_or_plain_graph_text():
 
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory):
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is needed to make a test certificate")
+    assert shutil.which("openssl"), "openssl is needed to make a test certificate"
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
