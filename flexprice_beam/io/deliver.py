@@ -41,10 +41,9 @@ def _event_id(item: Prepared) -> tuple:
 
 @dataclass(slots=True)
 class Delivery:
-    """What became of one event: accepted, or dead-lettered with the answer that sank it."""
+    """An event that was NOT accepted: dead-lettered with the answer that sank it."""
 
     item: Prepared
-    accepted: bool
     attempts: int
     status: int | None = None
     reason: str | None = None
@@ -52,12 +51,26 @@ class Delivery:
 
 @dataclass
 class BatchOutcome:
-    """One ``deliver()`` call's results plus what it cost, for metrics on the main thread."""
+    """One ``deliver()`` call's results plus what it cost, for metrics on the main thread.
 
-    deliveries: list[Delivery]
+    Accepted events are kept as the caller's own lists (no object per event: at 200k
+    events/s a per-event report costs more than the HTTP request); only failures get a
+    ``Delivery`` each.
+    """
+
+    accepted: list[list[Prepared]]
+    failed: list[Delivery]
     requests: int = 0
     retries: dict[str, int] | None = None
     latencies: list[float] | None = None
+
+    @property
+    def accepted_count(self) -> int:
+        return sum(map(len, self.accepted))
+
+    def accepted_items(self):
+        for part in self.accepted:
+            yield from part
 
 
 class EventDeliverer:
@@ -72,26 +85,38 @@ class EventDeliverer:
         self._first_stop_reason: str | None = None
 
     @property
-    def _stop_reason(self) -> str:
+    def stop_reason(self) -> str:
         return self._first_stop_reason or "stopped: another request was refused with 401/403"
 
-    def deliver(self, items: list[Prepared]) -> BatchOutcome:
-        outcome = BatchOutcome([], retries={}, latencies=[])
-        log_events(log, _SENDING, items, "📤 Sending event: %s for customer: %s",
-                   _name_and_customer)
+    def deliver(self, items: list[Prepared], first: Answer | None = None) -> BatchOutcome:
+        """Deliver ``items`` (one bulk batch); ``first``: the answer to a first attempt the
+        caller already made itself (``io.inline``), which this continues from."""
+        outcome = BatchOutcome([], [], retries={}, latencies=[])
+        if first is None:
+            self.note_sending(items)
         if self.single:
             for item in items:
                 self._send([item], outcome)
         else:
-            self._send(items, outcome)
+            self._send(items, outcome, first)
         return outcome
 
-    def _send(self, items: list[Prepared], outcome: BatchOutcome) -> None:
-        answer, attempts = self._attempt_until_final(items, outcome)
+    @staticmethod
+    def note_sending(items: list[Prepared]) -> None:
+        log_events(log, _SENDING, items, "📤 Sending event: %s for customer: %s",
+                   _name_and_customer)
+
+    @staticmethod
+    def note_accepted(items: list[Prepared]) -> None:
+        log_events(log, _ACCEPTED, items, "✅ Event accepted successfully, ID: %s", _event_id)
+
+    def _send(self, items: list[Prepared], outcome: BatchOutcome,
+              first: Answer | None = None) -> None:
+        answer, attempts = self._attempt_until_final(items, outcome, first)
         kind = answer.kind
         if kind is Kind.ACCEPTED:
-            outcome.deliveries.extend(Delivery(i, True, attempts, answer.status) for i in items)
-            log_events(log, _ACCEPTED, items, "✅ Event accepted successfully, ID: %s", _event_id)
+            outcome.accepted.append(items)
+            self.note_accepted(items)
         elif kind is Kind.REJECTED and len(items) > 1:
             mid = len(items) // 2
             log.info("Flexprice rejected a batch of %d (%s); isolating the bad events",
@@ -107,8 +132,7 @@ class EventDeliverer:
                     why += f" (stopping on {STOP.signal_name}: shutdown grace over)"
                 level = logging.ERROR
             self._log_failure(level, items, why)
-            outcome.deliveries.extend(
-                Delivery(i, False, attempts, answer.status, why) for i in items)
+            outcome.failed.extend(Delivery(i, attempts, answer.status, why) for i in items)
 
     @staticmethod
     def _log_failure(level: int, items: list[Prepared], why: str) -> None:
@@ -122,14 +146,17 @@ class EventDeliverer:
         log.log(level, "Failed to send %d events (%s, …): %s; they go to the dead letters",
                 len(items), ids, why[:300])
 
-    def _attempt_until_final(self, items: list[Prepared], outcome: BatchOutcome) -> tuple[Answer, int]:
-        started = time.monotonic()
+    def _attempt_until_final(self, items: list[Prepared], outcome: BatchOutcome,
+                             first: Answer | None = None) -> tuple[Answer, int]:
+        started = time.monotonic() - (first.latency if first is not None else 0.0)
         attempt = 0
         while True:
-            if not self.throttle.wait():
-                raise FlexpriceAuthError(self._stop_reason)
             attempt += 1
-            if self.single:
+            if first is not None:
+                answer, first = first, None
+            elif not self.throttle.wait():
+                raise FlexpriceAuthError(self.stop_reason)
+            elif self.single:
                 answer = self.client.post_single(items[0].body)
             else:
                 answer = self.client.post_bulk([i.body for i in items])
@@ -163,4 +190,4 @@ class EventDeliverer:
             log.info("Flexprice %s; retrying %d events in %.2fs (attempt %d)",
                      answer.describe()[:200], len(items), delay, attempt + 1)
             if not self.throttle.wait(delay):
-                raise FlexpriceAuthError(self._stop_reason)
+                raise FlexpriceAuthError(self.stop_reason)

@@ -244,14 +244,9 @@ def _offset_of(origin: dict | None) -> list[tuple[tuple[str, int], int]]:
     return []
 
 
-def delivered_offsets(deliveries) -> Iterable[tuple[tuple[str, int], int]]:
-    """Per delivery batch, the highest offset handled per (topic, partition)."""
-    best: dict[tuple[str, int], int] = {}
-    for d in deliveries:
-        for key, off in _offset_of(d.item.record.origin):
-            if off > best.get(key, -1):
-                best[key] = off
-    return best.items()
+def delivered_offsets(delivered) -> Iterable[tuple[tuple[str, int], int]]:
+    """Per delivery batch (a ``sink.Delivered``), the highest accepted offset per partition."""
+    return delivered.offsets.items()
 
 
 class _CommitFn(beam.DoFn):

@@ -72,6 +72,10 @@ class Throttle:
         with self._lock:
             self._not_before = max(self._not_before, time.monotonic() + seconds)
 
+    def clear(self) -> bool:
+        """Nothing to wait for right now: not deferred by a 429 and not stopped."""
+        return time.monotonic() >= self._not_before and not self.stopped.is_set()
+
     def wait(self, seconds: float = 0.0) -> bool:
         """Sleep ``seconds`` and past any deferral; False if the sink was stopped meanwhile."""
         deadline = time.monotonic() + seconds

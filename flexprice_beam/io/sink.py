@@ -1,8 +1,10 @@
 """``WriteToFlexprice``: the batched Flexprice sink.
 
 Lists of prepared events go into a per-bundle buffer that is cut into API batches by
-count, bytes or age, and up to ``max_in_flight`` batches are posted concurrently by a
-thread pool so network waits overlap with processing.  A bundle only finishes once every
+count, bytes or age, and up to ``max_in_flight`` batches are in flight at once so network
+waits overlap with processing.  First attempts are sent from the bundle thread without
+blocking it (``io.inline``); anything but a 2xx answer hands the batch to a thread pool
+where ``EventDeliverer`` retries, bisects or stops.  A bundle only finishes once every
 batch it took was accepted or dead-lettered: that is what makes a runner's checkpoint
 (and Kafka offset commit) never run ahead of Flexprice.  Metrics are counted on the
 bundle thread, where Beam's metric container lives, never in the pool's threads.
@@ -13,7 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
@@ -21,8 +25,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from flexprice_beam.config import MAX_BODY_BYTES, FlexpriceOutput
 from flexprice_beam.events import dead_letter
-from flexprice_beam.io.client import FlexpriceAuthError, FlexpriceClient
+from flexprice_beam.io.client import Answer, FlexpriceAuthError, FlexpriceClient, Kind
 from flexprice_beam.io.deliver import BatchOutcome, Delivery, EventDeliverer
+from flexprice_beam.io.inline import InlineSender
 from flexprice_beam.io.offsets import TRACKER as OFFSETS
 from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.ops import live
@@ -54,6 +59,33 @@ def delivery_dead_letter(d: Delivery) -> dict:
                        event=d.item.event, status=d.status)
 
 
+Partition = tuple[str, int]
+
+
+@dataclass(slots=True)
+class Delivered:
+    """The sink's main output, one per API batch: how many events Flexprice accepted and,
+    for Kafka records, the highest accepted offset per partition. Deliberately small: Beam
+    samples element sizes by encoding them, and the events themselves are not needed here."""
+
+    count: int
+    offsets: dict[Partition, int]
+
+    @classmethod
+    def of(cls, outcome: BatchOutcome) -> Delivered:
+        best: dict[Partition, int] = {}
+        for part in outcome.accepted:
+            first = part[0].record.origin if part else None
+            if not first or "offset" not in first:  # one source per pipeline: not Kafka
+                continue
+            for item in part:
+                o = item.record.origin
+                key = (o["topic"], o["partition"])
+                if o["offset"] > best.get(key, -1):
+                    best[key] = o["offset"]
+        return cls(outcome.accepted_count, best)
+
+
 class _BatchBuffer:
     """Cuts a stream of events into API batches by count and body size."""
 
@@ -78,6 +110,32 @@ class _BatchBuffer:
             full.append(self.take())
         return full
 
+    def extend(self, items: list[Prepared]) -> list[list[Prepared]]:
+        """Add a list of events; return the batches that became full.
+
+        Whole slices at a time: lists arrive about batch-sized and far below the byte
+        limit, so the per-event work is one ``len`` (falls back to ``add`` near the limit).
+        """
+        full = []
+        i, n = 0, len(items)
+        while i < n:
+            chunk = items[i:i + self.max_count - len(self.items)]
+            extra = sum([len(x.body) for x in chunk]) + len(chunk)
+            if self.size + extra > self.max_bytes:
+                for item in chunk:
+                    full.extend(self.add(item))
+            else:
+                if not self.items:
+                    self.since = time.monotonic()
+                    self.items = chunk
+                else:
+                    self.items.extend(chunk)
+                self.size += extra
+                if len(self.items) >= self.max_count:
+                    full.append(self.take())
+            i += len(chunk)
+        return full
+
     def take(self) -> list[Prepared]:
         items, self.items, self.size = self.items, [], _ENVELOPE
         return items
@@ -94,7 +152,7 @@ def _in_global_window(out):
 
 
 class _FlexpriceSinkFn(beam.DoFn):
-    """list[Prepared] → list[Delivery] per API batch, dead letters on ``dead_letter``."""
+    """list[Prepared] → one ``Delivered`` per API batch, dead letters on ``dead_letter``."""
 
     def __init__(self, cfg: FlexpriceOutput):
         self._cfg = cfg
@@ -117,6 +175,16 @@ class _FlexpriceSinkFn(beam.DoFn):
                                          self._throttle, single=cfg.mode == "single")
         self._pool = ThreadPoolExecutor(cfg.max_in_flight, thread_name_prefix="flexprice-post")
         self._permits = process_permits(cfg)
+        # First attempts go out from this thread (io/inline.py); the seed's one-event-per-
+        # request mode keeps the plain thread pool.
+        self._inline = None if cfg.mode == "single" else InlineSender(
+            self._client, self._permits, cfg.timeout)
+        self._queue: deque[list[Prepared]] = deque()  # cut, waiting for a free permit
+        # The inline sender is single-threaded: the bundle thread uses it, and the flusher
+        # reads answers an idle bundle left unread (they hold per-process permits).
+        self._io_lock = threading.Lock()
+        self._ready: list[tuple[list[Prepared], Answer]] = []
+        self._last_pump = time.monotonic()
         self._max_pending = cfg.max_in_flight * 2  # bounded memory: the rest waits upstream
         self._lock = threading.Lock()
         self._stop_flusher = threading.Event()
@@ -131,6 +199,8 @@ class _FlexpriceSinkFn(beam.DoFn):
 
     def teardown(self) -> None:
         self._stop_flusher.set()
+        if self._inline is not None:
+            self._inline.close()
         self._pool.shutdown(wait=True, cancel_futures=False)
         self._client.close()
 
@@ -142,41 +212,115 @@ class _FlexpriceSinkFn(beam.DoFn):
 
     def process(self, items: list[Prepared]):
         with self._lock:
-            for item in items:
-                for batch in self._buffer.add(item):
-                    self._submit(batch)
+            full = self._buffer.extend(items)
             if self._buffer.age() >= self._cfg.batching.period:
-                self._submit(self._buffer.take())
-        yield from self._harvest(block=len(self._pending) >= self._max_pending)
+                full.append(self._buffer.take())
+        self._queue.extend(full)
+        yield from self._pump(block=self._backlog() >= self._max_pending)
 
     def finish_bundle(self):
         with self._lock:
             if self._buffer.items:
-                self._submit(self._buffer.take())
-        while self._pending:
-            for out in self._harvest(block=True):
+                self._queue.append(self._buffer.take())
+        while self._backlog():
+            for out in self._pump(block=True):
                 yield _in_global_window(out)
 
     # -- internals --------------------------------------------------------------------------
 
-    def _submit(self, batch: list[Prepared]) -> None:
-        if batch:
-            self._pending.add(self._pool.submit(self._deliver, batch))
-            live.LIVE.set_gauge("batches_in_flight", len(self._pending))
+    def _backlog(self) -> int:
+        inline = self._inline.in_flight if self._inline is not None else 0
+        return len(self._queue) + inline + len(self._pending) + len(self._ready)
 
-    def _deliver(self, batch: list[Prepared]) -> BatchOutcome:
+    def _pump(self, block: bool):
+        """Start queued batches and yield what finished; with ``block``, wait for something."""
+        while True:
+            with self._io_lock:
+                self._last_pump = time.monotonic()
+                self._start_queued()
+                answers, self._ready = self._ready, []
+                if self._inline_busy():
+                    # Waiting here (not in a pool thread) keeps answers off the GIL's hand-off
+                    # path; pool results are checked at least every 5 ms meanwhile.
+                    answers += self._inline.poll(0.005 if block and not answers else 0.0)
+            for batch, answer in answers:
+                if answer.kind is Kind.ACCEPTED:
+                    yield from self._account(BatchOutcome([batch], [], 1, {}, [answer.latency]))
+                    EventDeliverer.note_accepted(batch)
+                else:  # retries, bisection, auth: the deliverer's job, off this thread
+                    self._submit(batch, answer)
+            produced = bool(answers)
+            for out in self._harvest(block=block and not produced and not self._inline_busy()):
+                produced = True
+                yield out
+            if produced or not block or not self._backlog():
+                return
+            if not self._inline_busy() and not self._pending:
+                time.sleep(0.005)  # queued, but every permit is held by another instance
+
+    def _inline_busy(self) -> bool:
+        return self._inline is not None and self._inline.in_flight > 0
+
+    def _start_queued(self) -> None:
+        """Send queued batches from this thread while permits are free and nothing defers
+        us (a 429's Retry-After); the single mode hands them to the pool."""
+        inline = self._inline
+        while self._queue:
+            if inline is None:
+                self._submit(self._queue.popleft())
+                continue
+            if not self._throttle.clear():
+                if self._throttle.stopped.is_set():
+                    live.LIVE.stop(self._deliverer.stop_reason)
+                    raise FlexpriceAuthError(self._deliverer.stop_reason)
+                return
+            batch = self._queue[0]
+            sent = inline.try_send(batch)
+            if sent is False:
+                return
+            self._queue.popleft()
+            EventDeliverer.note_sending(batch)
+            if sent is not True:  # the send itself failed: continue from that answer
+                self._submit(batch, sent)
+        self._in_flight.set(self._backlog())
+
+    def _read_idle_answers(self) -> None:
+        """Flusher: read answers the bundle thread has not come back for (an idle bundle
+        between elements), so their permits return to other instances in this process."""
+        if not self._inline_busy() or time.monotonic() - self._last_pump < 0.25:
+            return
+        if not self._io_lock.acquire(blocking=False):
+            return
+        try:
+            for batch, answer in self._inline.poll(0.0):
+                if answer.kind is Kind.ACCEPTED:
+                    self._ready.append((batch, answer))  # counted by the bundle thread
+                else:
+                    self._submit(batch, answer)
+        finally:
+            self._io_lock.release()
+
+    def _submit(self, batch: list[Prepared], first: Answer | None = None) -> None:
+        if batch:
+            with self._lock:
+                self._pending.add(self._pool.submit(self._deliver, batch, first))
+            live.LIVE.set_gauge("batches_in_flight", self._backlog())
+
+    def _deliver(self, batch: list[Prepared], first: Answer | None) -> BatchOutcome:
         with self._permits:  # at most max_in_flight requests per worker process
-            return self._deliverer.deliver(batch)
+            return self._deliverer.deliver(batch, first)
 
     def _flush_aged(self) -> None:
         period = max(self._cfg.batching.period, 0.01)
         while not self._stop_flusher.wait(min(period / 4, 0.25)):
             with self._lock:
-                if self._buffer.age() >= period:
-                    self._submit(self._buffer.take())
+                batch = self._buffer.take() if self._buffer.age() >= period else None
+            if batch:
+                self._submit(batch)
+            self._read_idle_answers()
 
     def _harvest(self, block: bool):
-        """Yield results of finished batches; with ``block``, wait for at least one."""
+        """Yield results of finished pool batches; with ``block``, wait for at least one."""
         with self._lock:
             pending = set(self._pending)
         if not pending:
@@ -203,23 +347,23 @@ class _FlexpriceSinkFn(beam.DoFn):
             if counter is None:
                 counter = self._retry_causes[cause] = live.counter(f"retries_{cause}")
             counter.inc(n)
-        accepted = sum(1 for d in outcome.deliveries if d.accepted)
-        self._accepted.inc(accepted)
+        self._accepted.inc(outcome.accepted_count)
         self._in_flight.set(len(self._pending))
-        for d in outcome.deliveries:
-            if d.accepted:
-                OFFSETS.done(d.item.record.origin)  # dead letters: once written (dead_letter.py)
-            else:
-                self._dead.inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, delivery_dead_letter(d))
-        yield outcome.deliveries
+        if OFFSETS.enabled:  # dead letters: once written (dead_letter.py)
+            for item in outcome.accepted_items():
+                OFFSETS.done(item.record.origin)
+        for d in outcome.failed:
+            self._dead.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, delivery_dead_letter(d))
+        yield Delivered.of(outcome)
 
 
 class WriteToFlexprice(beam.PTransform):
     """PCollection[list[Prepared]] → (deliveries, dead_letter) via ``POST /v1/events/bulk``.
 
-    The main output holds one list of ``Delivery`` per API batch, so a run can be reconciled
-    (and Kafka offsets committed) per event; dead letters carry the server's reason.
+    The main output holds one ``Delivered`` per API batch (a count and, for Kafka, the
+    accepted offsets, so a bounded run can commit them); dead letters carry the server's
+    reason.
     """
 
     def __init__(self, cfg: FlexpriceOutput):

@@ -117,14 +117,16 @@ class Replayer:
     def deliver(self, items: list[Prepared]) -> dict[int, dict | None]:
         """id(item) → None if accepted, else its new dead letter; raises on 401/403."""
         buffer = _BatchBuffer(self._cfg.batching.count, self._cfg.batching.byte_size)
-        batches = [b for item in items for b in buffer.add(item)]
+        batches = buffer.extend(items)
         if buffer.items:
             batches.append(buffer.take())
         result: dict[int, dict | None] = {}
         with ThreadPoolExecutor(self._cfg.max_in_flight, thread_name_prefix="replay") as pool:
             for outcome in pool.map(self._deliverer.deliver, batches):
-                for d in outcome.deliveries:
-                    result[id(d.item)] = None if d.accepted else delivery_dead_letter(d)
+                for item in outcome.accepted_items():
+                    result[id(item)] = None
+                for d in outcome.failed:
+                    result[id(d.item)] = delivery_dead_letter(d)
         return result
 
 

@@ -1,0 +1,153 @@
+"""The sink's transport pieces: batch cutting, the http.client transport and the inline
+first attempts, against the Flexprice stand-in."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flexprice_beam.config import FlexpriceOutput
+from flexprice_beam.events import Record
+from flexprice_beam.io.client import FlexpriceClient, Kind, _proxy_for
+from flexprice_beam.io.deliver import BatchOutcome
+from flexprice_beam.io.inline import InlineSender
+from flexprice_beam.io.sink import Delivered, _BatchBuffer
+from flexprice_beam.mock.server import MockFlexprice
+from flexprice_beam.transforms.validate import Prepared
+
+from .conftest import API_KEY
+
+
+def _item(i: int, size: int = 10, origin: dict | None = None) -> Prepared:
+    body = (b'{"event_id":"e%d","event_name":"api.request","external_customer_id":"c1",'
+            b'"timestamp":"2026-01-01T00:00:00Z","properties":{"pad":"%s"}}' % (i, b"x" * size))
+    return Prepared(Record(f"r{i}", "2026-01-01T00:00:00Z", {}, origin or {}), {"event_id": f"e{i}"}, body)
+
+
+def _batch(first: int, n: int) -> list[Prepared]:
+    return [_item(i) for i in range(first, first + n)]
+
+
+def _client(mock, **kw) -> FlexpriceClient:
+    cfg = {"api_host": mock.host_port, "api_key": API_KEY, "scheme": "http", "timeout": "2s", **kw}
+    return FlexpriceClient(FlexpriceOutput.model_validate(cfg))
+
+
+def _poll_all(sender: InlineSender, n: int, limit: float = 10.0) -> list:
+    got, deadline = [], time.monotonic() + limit
+    while len(got) < n and time.monotonic() < deadline:
+        got += sender.poll(0.05)
+    return got
+
+
+# -- batch cutting ---------------------------------------------------------------------------
+
+@given(sizes=st.lists(st.lists(st.integers(0, 3000), max_size=40), max_size=12),
+       max_count=st.integers(1, 25), max_bytes=st.integers(1024, 20_000))
+def test_extend_cuts_exactly_like_adding_one_by_one(sizes, max_count, max_bytes):
+    """Whole lists at a time (the fast path) give the same batches as ``add`` per event."""
+    one, many = _BatchBuffer(max_count, max_bytes), _BatchBuffer(max_count, max_bytes)
+    n = 0
+    by_one, by_list = [], []
+    for group in sizes:
+        items = [_item(n + k, s) for k, s in enumerate(group)]
+        n += len(items)
+        for it in items:
+            by_one += one.add(it)
+        by_list += many.extend(items)
+    by_one.append(one.take())
+    by_list.append(many.take())
+    assert [[i.record.record_id for i in b] for b in by_list] == \
+        [[i.record.record_id for i in b] for b in by_one]
+    for b in by_list[:-1]:
+        assert len(b) <= max_count
+        assert len(b) == 1 or 13 + sum(len(i.body) + 1 for i in b) <= max_bytes
+
+
+def test_delivered_carries_a_count_and_kafka_offsets_only():
+    kafka = [_item(i, origin={"topic": "t", "partition": i % 2, "offset": 100 + i}) for i in range(6)]
+    d = Delivered.of(BatchOutcome([kafka[:4], kafka[4:]], []))
+    assert d.count == 6 and d.offsets == {("t", 0): 104, ("t", 1): 105}
+    d = Delivered.of(BatchOutcome([_batch(0, 5)], []))
+    assert d.count == 5 and d.offsets == {}
+
+
+# -- the http.client transport ----------------------------------------------------------------
+
+def test_proxy_from_the_environment(monkeypatch):
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY",
+                "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert _proxy_for("https", "api.cloud.flexprice.io") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://us%40r:p%3Ass@proxy.corp:3128")
+    host, port, headers = _proxy_for("https", "api.cloud.flexprice.io")
+    assert (host, port) == ("proxy.corp", 3128)
+    assert base64.b64decode(headers["Proxy-Authorization"].split()[1]) == b"us@r:p:ss"
+    monkeypatch.setenv("NO_PROXY", ".flexprice.io")
+    assert _proxy_for("https", "api.cloud.flexprice.io") is None
+
+
+def test_client_reuses_one_connection_and_replaces_one_the_server_closed():
+    with MockFlexprice(api_key=API_KEY) as m:
+        client = _client(m)
+        for i in range(3):
+            assert client.post_bulk([_item(i).body]).status == 202
+        assert m.stats()["connections_opened"] == 1
+        port = m.port
+    # The server went away and came back: the idle pooled connection is dead (EOF).
+    with MockFlexprice(api_key=API_KEY, port=port) as m2:
+        answer = client.post_bulk([_item(9).body])
+        assert answer.status == 202, answer.describe()
+        assert m2.stats()["events_stored"] == 1
+
+
+# -- inline first attempts ----------------------------------------------------------------
+
+def test_inline_sender_keeps_to_its_permits_and_reads_answers_as_they_come(mock_api):
+    permits = threading.BoundedSemaphore(2)
+    sender = InlineSender(_client(mock_api), permits, timeout=5)
+    try:
+        assert sender.try_send(_batch(0, 10)) is True
+        assert sender.try_send(_batch(10, 10)) is True
+        assert sender.try_send(_batch(20, 10)) is False  # both permits held: caller queues
+        done = _poll_all(sender, 2)
+        assert sorted(len(b) for b, _ in done) == [10, 10]
+        assert all(a.status == 202 and a.kind is Kind.ACCEPTED for _, a in done)
+        assert sender.in_flight == 0 and permits.acquire(blocking=False) and permits.acquire(blocking=False)
+        permits.release()
+        permits.release()
+        assert sender.try_send(_batch(20, 10)) is True  # on a pooled connection
+        assert len(_poll_all(sender, 1)) == 1
+        assert mock_api.stats()["events_stored"] == 30
+        assert mock_api.stats()["connections_opened"] <= 2
+    finally:
+        sender.close()
+
+
+def test_inline_sender_times_out_and_returns_the_permit(mock_api):
+    mock_api.set_faults(latency_ms=1500)
+    permits = threading.BoundedSemaphore(1)
+    sender = InlineSender(_client(mock_api, timeout="300ms"), permits, timeout=0.3)
+    try:
+        assert sender.try_send(_batch(0, 3)) is True
+        (batch, answer), = _poll_all(sender, 1)
+        assert answer.status is None and answer.kind is Kind.RETRY and "no answer within" in answer.error
+        assert len(batch) == 3 and sender.in_flight == 0
+        assert permits.acquire(blocking=False)
+    finally:
+        sender.close()
+
+
+def test_inline_send_to_a_closed_port_fails_at_once_without_holding_a_permit():
+    cfg = FlexpriceOutput.model_validate({"api_host": "127.0.0.1:9", "api_key": "k", "scheme": "http",
+                                          "timeout": "1s"})
+    permits = threading.BoundedSemaphore(1)
+    sender = InlineSender(FlexpriceClient(cfg), permits, timeout=1)
+    answer = sender.try_send(_batch(0, 2))
+    assert answer is not True and answer is not False
+    assert answer.kind is Kind.RETRY and "Connection" in answer.error
+    assert permits.acquire(blocking=False) and sender.in_flight == 0
