@@ -49,7 +49,7 @@ LATENCIES_MS = (0, 5, 20, 100)
 CURVE_MODES = {  # label: (mode, max_in_flight)
     "single (1 event/request, 1 in flight)": ("single", 1),
     "sequential bulk (500/request, 1 in flight)": ("bulk", 1),
-    "concurrent bulk (500/request, 8 in flight)": ("bulk", 8),
+    "concurrent bulk (500/request, 16 in flight)": ("bulk", 16),
 }
 
 
