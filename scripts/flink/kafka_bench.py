@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--backlog", type=int, default=50000, help="0 = skip the throughput phase")
     ap.add_argument("--latency-ms", type=float, default=0, help="stand-in response delay")
-    ap.add_argument("--max-in-flight", type=int, default=8)
+    ap.add_argument("--max-in-flight", type=int, default=None, help="default: the product's")
     ap.add_argument("--batch-count", type=int, default=500)
     ap.add_argument("--period", default="1s")
     ap.add_argument("--checkpointing-interval", type=float, default=10)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                             "consumer_group": group}},
         "output": {"flexprice": {"api_host": mock.host_port, "api_key": "bench", "scheme": "http",
                                  "batching": {"count": args.batch_count, "period": args.period},
-                                 "max_in_flight": args.max_in_flight},
+                                 **({"max_in_flight": args.max_in_flight} if args.max_in_flight else {})},
                    "dead_letter": {"path": f"/tmp/flexprice-bench-dl-{run}"}}})
     target = flink.FlinkTarget.from_env()
     rest = flink.FlinkRest(target.rest)
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                             checkpointing_interval=args.checkpointing_interval,
                             batching_period=cfg.output.flexprice.batching.period) + args.extra.split()
     results: dict = {"parallelism": args.parallelism, "partitions": args.partitions,
-                     "max_in_flight": args.max_in_flight, "latency_ms": args.latency_ms,
+                     "max_in_flight": cfg.output.flexprice.max_in_flight, "latency_ms": args.latency_ms,
                      "phases": []}
     sub = flink.submit(cfg, bargs, rest)
     print(sub.render(), flush=True)
