@@ -283,9 +283,10 @@ def median_per_cpu(runs: list[dict]) -> float:
 
 def core(b: Bench, wanted: set[str]) -> dict:
     q = b.quick
-    n_local = 100_000 if q else 1_000_000  # plain loop and no-op sink: fast, so more events
-    n0 = 60_000 if q else 500_000
-    n20 = 60_000 if q else 500_000
+    # The same count for every run a ratio compares: each run's fixed cost (building the
+    # pipeline, starting the runner: ~0.3 s) is inside its wall time, so fewer events for
+    # the sink runs would bias P0/P1/P3 against them (by ~5 % at 500k vs 1M).
+    n_local = n0 = n20 = 100_000 if q else 1_000_000
     n_seed = 100 if q else 300
     repeats = b.args.repeats or (1 if q else 3)
     need = set()
