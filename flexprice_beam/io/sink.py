@@ -199,6 +199,7 @@ class _FlexpriceSinkFn(beam.DoFn):
 
     def teardown(self) -> None:
         self._stop_flusher.set()
+        self._flusher.join(timeout=5)  # it may be reading answers from the inline sender
         if self._inline is not None:
             self._inline.close()
         self._pool.shutdown(wait=True, cancel_futures=False)
