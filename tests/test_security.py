@@ -251,6 +251,110 @@ def test_https_with_its_ca_trusted_verifies(tls_mock, tmp_path, self_signed, mon
     assert summary.ok and summary.accepted == 500, summary.render()
 
 
+class _ConnectProxy:
+    """A real HTTP CONNECT proxy on 127.0.0.1 that demands Basic auth and relays bytes."""
+
+    def __init__(self, user: str, password: str):
+        import base64
+        import socket
+
+        self.expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.tunnels: list[str] = []
+        self.refused = 0
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self._srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        import socket
+
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                conn.close()
+                return
+            head += chunk
+        lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
+        if method != "CONNECT" or headers.get("proxy-authorization") != self.expected:
+            self.refused += 1
+            conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+            return
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        self.tunnels.append(target)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        def pipe(src, dst) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+        pipe(conn, upstream)
+
+    def close(self) -> None:
+        self._srv.close()
+
+
+def test_https_through_an_authenticating_connect_proxy(tls_mock, tmp_path, self_signed, monkeypatch):
+    """HTTPS_PROXY (with user:pass) tunnels the requests; verification still checks the
+    stand-in's certificate end to end, not the proxy's."""
+    proxy = _ConnectProxy("corp", "p@ss")
+    try:
+        for var in ("NO_PROXY", "no_proxy", "https_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", f"http://corp:p%40ss@127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", self_signed[0])
+        summary = run(_https(tls_mock, tmp_path))
+        assert summary.ok and summary.accepted == 500, summary.render()
+        assert len(tls_mock.events()) == 500
+        assert proxy.tunnels and set(proxy.tunnels) == {tls_mock.host_port} and proxy.refused == 0
+        record("https through an authenticating CONNECT proxy", accepted=500,
+               tunnels=len(proxy.tunnels))
+    finally:
+        proxy.close()
+
+
+def test_wrong_proxy_credentials_stop_the_run_naming_the_proxy(tls_mock, tmp_path, self_signed,
+                                                               monkeypatch):
+    """407 from the proxy is a configuration error: stop at once, like a refused API key,
+    instead of spending the retry budget and dead-lettering everything."""
+    proxy = _ConnectProxy("corp", "right")
+    try:
+        for var in ("NO_PROXY", "no_proxy", "https_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", f"http://corp:wrong@127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", self_signed[0])
+        summary = run(_https(tls_mock, tmp_path))
+        assert summary.error and "proxy refused" in summary.error and "407" in summary.error, \
+            summary.render()
+        assert "wrong" not in summary.error  # the proxy password is not repeated
+        assert summary.seconds < 15 and proxy.refused >= 1 and not proxy.tunnels
+        assert tls_mock.events() == [] and read_dead_letters(_https(tls_mock, tmp_path)) == []
+    finally:
+        proxy.close()
+
+
 def test_plain_http_to_a_remote_host_is_a_lint_error(tmp_path, capsys):
     base = {"input": {"generate": {"count": 1}},
             "output": {"flexprice": {"api_host": "api.example.com", "api_key": "k",

@@ -63,8 +63,9 @@ class Answer:
     retry_after: float | None = None
     error: str | None = None
     latency: float = 0.0
-    #: no answer will ever come on retrying (a certificate that does not verify): stop the run
-    fatal: bool = False
+    #: why no answer will ever come on retrying, so the run stops: "certificate" (it does not
+    #: verify) or "proxy" (HTTPS_PROXY refused our credentials); None otherwise
+    fatal: str | None = None
 
     @property
     def kind(self) -> Kind:
@@ -193,8 +194,9 @@ class FlexpriceClient:
             text = f"InvalidHeader: {exc}"
         else:
             text = _describe(exc, self.base_url)
+        fatal = "certificate" if _cert_failure(exc) else "proxy" if _proxy_refused(exc) else None
         return Answer(None, "", error=self._redact(text), latency=time.monotonic() - started,
-                      fatal=_cert_failure(exc))
+                      fatal=fatal)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Answer:
         started = time.monotonic()
@@ -305,6 +307,11 @@ def _cert_failure(exc: BaseException) -> bool:
         todo.extend([e.__cause__, e.__context__, getattr(e, "reason", None)])
         todo.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
     return False
+
+
+def _proxy_refused(exc: BaseException) -> bool:
+    """The HTTPS proxy answered CONNECT with 407: wrong or missing proxy credentials."""
+    return isinstance(exc, OSError) and str(exc).startswith("Tunnel connection failed: 407")
 
 
 def _loads(answer: Answer) -> Any:

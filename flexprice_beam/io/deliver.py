@@ -164,7 +164,11 @@ class EventDeliverer:
             outcome.latencies.append(answer.latency)
             kind = answer.kind
             if kind is Kind.AUTH:
-                if answer.fatal:
+                if answer.fatal == "proxy":
+                    why = (f"the HTTPS proxy refused to connect to {self.client.base_url}: "
+                           f"{answer.error[:300]} — check the user:password in HTTPS_PROXY; "
+                           "stopping without retries")
+                elif answer.fatal:
                     why = (f"TLS certificate of {self.client.base_url} did not verify: "
                            f"{answer.error[:300]} — trust its CA (REQUESTS_CA_BUNDLE) or, for a "
                            "test server only, set output.flexprice.skip_cert_verify: true; "
