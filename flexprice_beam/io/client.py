@@ -4,8 +4,8 @@ One keep-alive ``http.client`` connection per thread, a timeout on every call, a
 classified by the seed's error table.  It makes exactly one attempt per call; retrying is
 ``EventDeliverer``'s job (see ``flexprice_beam.io.deliver``).
 
-Why not ``requests``: the sender threads share the GIL with the pipeline, and a 100 KB bulk
-POST costs ~0.5 ms of Python in ``requests`` against ~0.05 ms in ``http.client``
+Why not ``requests``: sending shares the GIL (and mostly the thread) with the pipeline, and a
+100 KB bulk POST costs ~0.5 ms of Python in ``requests`` against ~0.05 ms in ``http.client``
 (docs/benchmarks.md).  What ``requests`` gave us is kept: certificates verified against
 certifi's bundle (or ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``), ``HTTPS_PROXY``/``NO_PROXY``,
 and a pooled connection the server closed while idle is replaced before it is reused.
@@ -211,7 +211,7 @@ class FlexpriceClient:
         return answer
 
     def _redact(self, text: str) -> str:
-        """Error texts end up in logs and dead letters: never with the key in them (requests
+        """Error texts end up in logs and dead letters: never with the key in them (http.client
         quotes a header value it cannot send, e.g. a key with a stray newline)."""
         if not self._secret:
             return text
