@@ -66,26 +66,26 @@ def test_each_security_protocol_delivers_a_batch(name, broker, expansion, mock_a
     assert sum(group.values()) == 40 and set(group) == set(ends)
 
 
-def test_wrong_password_fails_naming_the_cause(broker, expansion, mock_api, tmp_path):
+def _refused_run(broker, mock_api, tmp_path, protocol: str, security: dict):
+    """One record on a fresh topic, read through a listener that must refuse us."""
     topic = new_topic()
     produce(topic, [good(1)])
-    cfg = make_config(mock_api, tmp_path, input_=kafka_input(
-        broker, topic, "SASL_PLAINTEXT", max_records=1,
-        **_security(broker, {"sasl": {"mechanism": "SCRAM-SHA-512"}}, password="wrong")))
-    summary = run(cfg)
+    summary = run(make_config(mock_api, tmp_path, input_=kafka_input(
+        broker, topic, protocol, max_records=1, **security)))
     assert not summary.ok
+    return summary
+
+
+def test_wrong_password_fails_naming_the_cause(broker, expansion, mock_api, tmp_path):
+    summary = _refused_run(broker, mock_api, tmp_path, "SASL_PLAINTEXT", _security(
+        broker, {"sasl": {"mechanism": "SCRAM-SHA-512"}}, password="wrong"))
     assert "SaslAuthenticationException" in summary.error and "password" in summary.error
     assert "wrong" not in summary.error.replace("Invalid username or password", "")
 
 
 def test_untrusted_certificate_fails_naming_the_cause(broker, expansion, mock_api, tmp_path):
-    topic = new_topic()
-    produce(topic, [good(1)])
-    cfg = make_config(mock_api, tmp_path, input_=kafka_input(
-        broker, topic, "SSL", max_records=1,
-        **_security(broker, {"tls": {"enabled": True}}, ca=broker["KAFKA_UNTRUSTED_CA_PEM"])))
-    summary = run(cfg)
-    assert not summary.ok
+    summary = _refused_run(broker, mock_api, tmp_path, "SSL", _security(
+        broker, {"tls": {"enabled": True}}, ca=broker["KAFKA_UNTRUSTED_CA_PEM"]))
     assert "SSL" in summary.error and "certification path" in summary.error
 
 

@@ -55,29 +55,30 @@ def _dead(path: Path) -> list[dict]:
             for line in f.read_text().splitlines() if line]
 
 
+def _stop_after(mock_api, config: Path, summary: Path, stored: int, sig: signal.Signals,
+                exit_code: int) -> tuple[str, dict]:
+    """Run the CLI, send ``sig`` once ``stored`` events reached the stand-in, expect
+    ``exit_code``; return its stderr and its summary."""
+    proc = cli(_run_args(config, summary))
+    wait_until(lambda: _stored(mock_api) >= stored, 60, what=f"{stored} events stored")
+    proc.send_signal(sig)
+    code, out, err = finish(proc, 60)
+    assert code == exit_code, f"{code}\n{out}\n{err[-3000:]}"
+    return err, _summary(summary)
+
+
 def test_sigterm_on_unbounded_generator_flushes_and_rerun_is_exactly_once(mock_api, tmp_path):
     config = write_config(tmp_path / "c.yaml", mock_api.host_port,
                           generate={"count": 0, "interval": "0.4ms", "batch_size": 200},
                           dead_letter=tmp_path / "dl")
-    first = tmp_path / "first.json"
-    proc = cli(_run_args(config, first))
-    wait_until(lambda: _stored(mock_api) >= 3000, 60, what="3000 events stored")
-    proc.send_signal(signal.SIGTERM)
-    code, out, err = finish(proc, 60)
-    assert code == 143, f"{code}\n{out}\n{err[-3000:]}"
+    err, s1 = _stop_after(mock_api, config, tmp_path / "first.json", 3000, signal.SIGTERM, 143)
     assert "Received SIGTERM" in err and "Stopped by SIGTERM" in err
-    s1 = _summary(first)
     assert s1["balanced"] and s1["read"] == s1["accepted"] >= 3000, s1
     # Flushed: every event read before the stop reached the API, and none more.
     account(mock_api, generator_ids(SEED, s1["read"]), [], s1["accepted"])
 
-    second = tmp_path / "second.json"
-    proc = cli(_run_args(config, second))
-    wait_until(lambda: _stored(mock_api) >= s1["read"] + 2000, 60, what="the re-run to pass")
-    proc.send_signal(signal.SIGTERM)
-    code, out, err = finish(proc, 60)
-    assert code == 143, f"{code}\n{err[-3000:]}"
-    s2 = _summary(second)
+    _, s2 = _stop_after(mock_api, config, tmp_path / "second.json", s1["read"] + 2000,
+                        signal.SIGTERM, 143)
     assert s2["balanced"] and s2["read"] == s2["accepted"] > s1["read"]
     figures = account(mock_api, generator_ids(SEED, s2["read"]), [], s2["accepted"])
     assert figures["duplicates_deduplicated"] == s1["read"], "the re-run re-sent run 1's events"
@@ -91,14 +92,8 @@ def test_sigint_on_bounded_run_then_rerun_completes_exactly_once(mock_api, tmp_p
     config = write_config(tmp_path / "c.yaml", mock_api.host_port,
                           generate={"count": count, "batch_size": 100},
                           flexprice={"max_in_flight": 2}, dead_letter=tmp_path / "dl")
-    first = tmp_path / "first.json"
-    proc = cli(_run_args(config, first))
-    wait_until(lambda: _stored(mock_api) >= 1000, 60, what="1000 events stored")
-    proc.send_signal(signal.SIGINT)
-    code, out, err = finish(proc, 60)
-    assert code == 130, f"{code}\n{out}\n{err[-3000:]}"
+    err, s1 = _stop_after(mock_api, config, tmp_path / "first.json", 1000, signal.SIGINT, 130)
     assert "Received SIGINT" in err and "Stopped by SIGINT" in err
-    s1 = _summary(first)
     assert s1["balanced"] and s1["read"] == s1["accepted"] < count, s1
     account(mock_api, generator_ids(SEED, s1["read"]), [], s1["accepted"])
 

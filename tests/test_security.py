@@ -316,15 +316,19 @@ class _ConnectProxy:
         self._srv.close()
 
 
+def _use_proxy(monkeypatch, proxy: _ConnectProxy, userinfo: str, ca: str) -> None:
+    for var in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{userinfo}@127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+
+
 def test_https_through_an_authenticating_connect_proxy(tls_mock, tmp_path, self_signed, monkeypatch):
     """HTTPS_PROXY (with user:pass) tunnels the requests; verification still checks the
     stand-in's certificate end to end, not the proxy's."""
     proxy = _ConnectProxy("corp", "p@ss")
     try:
-        for var in ("NO_PROXY", "no_proxy", "https_proxy"):
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("HTTPS_PROXY", f"http://corp:p%40ss@127.0.0.1:{proxy.port}")
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", self_signed[0])
+        _use_proxy(monkeypatch, proxy, "corp:p%40ss", self_signed[0])
         summary = run(_https(tls_mock, tmp_path))
         assert summary.ok and summary.accepted == 500, summary.render()
         assert len(tls_mock.events()) == 500
@@ -341,10 +345,7 @@ def test_wrong_proxy_credentials_stop_the_run_naming_the_proxy(tls_mock, tmp_pat
     instead of spending the retry budget and dead-lettering everything."""
     proxy = _ConnectProxy("corp", "right")
     try:
-        for var in ("NO_PROXY", "no_proxy", "https_proxy"):
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("HTTPS_PROXY", f"http://corp:wrong@127.0.0.1:{proxy.port}")
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", self_signed[0])
+        _use_proxy(monkeypatch, proxy, "corp:wrong", self_signed[0])
         summary = run(_https(tls_mock, tmp_path))
         assert summary.error and "proxy refused" in summary.error and "407" in summary.error, \
             summary.render()

@@ -74,10 +74,15 @@ class InlineSender:
                 done.append(self._finish(fd, timed_out=True))
         return done
 
-    def _finish(self, fd: int, timed_out: bool = False) -> tuple[list[Prepared], Answer]:
+    def _release(self, fd: int) -> _Exchange:
+        """Forget the exchange on ``fd`` and give its permit back."""
         ex = self._busy.pop(fd)
         self._selector.unregister(ex.conn.sock)
         self._permits.release()
+        return ex
+
+    def _finish(self, fd: int, timed_out: bool = False) -> tuple[list[Prepared], Answer]:
+        ex = self._release(fd)
         if timed_out:
             ex.conn.close()
             return ex.batch, Answer(None, "", error=f"TimeoutError: no answer within "
@@ -99,10 +104,7 @@ class InlineSender:
     def close(self) -> None:
         """Abandon what is in flight (its batches were not acknowledged: never counted)."""
         for fd in list(self._busy):
-            ex = self._busy.pop(fd)
-            self._selector.unregister(ex.conn.sock)
-            ex.conn.close()
-            self._permits.release()
+            self._release(fd).conn.close()
         for conn in self._idle:
             conn.close()
         self._idle.clear()

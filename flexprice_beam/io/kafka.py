@@ -26,7 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from flexprice_beam.config import KafkaInput
 from flexprice_beam.events import Record, rfc3339_from_millis
-from flexprice_beam.io.offsets import TRACKER
+from flexprice_beam.io.offsets import TRACKER, kafka_position
 
 log = logging.getLogger("flexprice_beam.kafka")
 
@@ -239,9 +239,8 @@ class ReadKafkaRecords(beam.PTransform):
 
 
 def _offset_of(origin: dict | None) -> list[tuple[tuple[str, int], int]]:
-    if origin and "offset" in origin:
-        return [((origin["topic"], origin["partition"]), origin["offset"])]
-    return []
+    pos = kafka_position(origin)
+    return [] if pos is None else [pos]
 
 
 def delivered_offsets(delivered) -> Iterable[tuple[tuple[str, int], int]]:

@@ -18,6 +18,13 @@ log = logging.getLogger("flexprice_beam.kafka")
 Partition = tuple[str, int]
 
 
+def kafka_position(origin: dict[str, Any] | None) -> tuple[Partition, int] | None:
+    """``((topic, partition), offset)`` of a record read from Kafka; None for other sources."""
+    if not origin or "offset" not in origin:
+        return None
+    return (origin["topic"], origin["partition"]), origin["offset"]
+
+
 class OffsetTracker:
     """Offsets read but not yet handled, per partition; thread-safe."""
 
@@ -38,12 +45,13 @@ class OffsetTracker:
                 self._next[key] = offset + 1
 
     def done(self, origin: dict[str, Any] | None) -> None:
-        if not self.enabled or not origin or "offset" not in origin:
+        pos = kafka_position(origin) if self.enabled else None
+        if pos is None:
             return
         with self._lock:
-            pending = self._pending.get((origin["topic"], origin["partition"]))
+            pending = self._pending.get(pos[0])
             if pending is not None:
-                pending.discard(origin["offset"])
+                pending.discard(pos[1])
 
     def committable(self) -> dict[Partition, int]:
         """Per partition, the next offset to consume: everything below it was handled."""

@@ -29,6 +29,7 @@ from flexprice_beam.io.client import Answer, FlexpriceAuthError, FlexpriceClient
 from flexprice_beam.io.deliver import BatchOutcome, Delivery, EventDeliverer
 from flexprice_beam.io.inline import InlineSender
 from flexprice_beam.io.offsets import TRACKER as OFFSETS
+from flexprice_beam.io.offsets import Partition, kafka_position
 from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.ops import live
 from flexprice_beam.transforms.mapping import DEAD_LETTER
@@ -59,9 +60,6 @@ def delivery_dead_letter(d: Delivery) -> dict:
                        event=d.item.event, status=d.status)
 
 
-Partition = tuple[str, int]
-
-
 @dataclass(slots=True)
 class Delivered:
     """The sink's main output, one per API batch: how many events Flexprice accepted and,
@@ -75,14 +73,12 @@ class Delivered:
     def of(cls, outcome: BatchOutcome) -> Delivered:
         best: dict[Partition, int] = {}
         for part in outcome.accepted:
-            first = part[0].record.origin if part else None
-            if not first or "offset" not in first:  # one source per pipeline: not Kafka
-                continue
+            if not part or kafka_position(part[0].record.origin) is None:
+                continue  # one source per pipeline: not Kafka, no per-event look
             for item in part:
-                o = item.record.origin
-                key = (o["topic"], o["partition"])
-                if o["offset"] > best.get(key, -1):
-                    best[key] = o["offset"]
+                key, offset = kafka_position(item.record.origin)
+                if offset > best.get(key, -1):
+                    best[key] = offset
         return cls(outcome.accepted_count, best)
 
 
@@ -349,7 +345,7 @@ class _FlexpriceSinkFn(beam.DoFn):
                 counter = self._retry_causes[cause] = live.counter(f"retries_{cause}")
             counter.inc(n)
         self._accepted.inc(outcome.accepted_count)
-        self._in_flight.set(len(self._pending))
+        self._in_flight.set(self._backlog())
         if OFFSETS.enabled:  # dead letters: once written (dead_letter.py)
             for item in outcome.accepted_items():
                 OFFSETS.done(item.record.origin)
