@@ -7,7 +7,10 @@
 #    entrypoint hands those to Beam's /opt/apache/beam/boot.
 # The tag must match the apache-beam pin and the launching Python's minor version: the
 # launcher pickles DoFns that the workers in this image unpickle (tests/test_docker.py).
-FROM apache/beam_python3.11_sdk:2.77.0
+# Build with --build-arg BEAM_VERSION=$(cat BEAM_VERSION): the repo-root file is the one
+# Beam version; the default below is kept equal to it (tests/test_beam_version.py).
+ARG BEAM_VERSION=2.62.0
+FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -22,7 +25,7 @@ WORKDIR /opt/flexprice-beam
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
-COPY setup.py README.md ./
+COPY setup.py README.md BEAM_VERSION ./
 COPY flexprice_beam ./flexprice_beam
 COPY examples ./examples
 COPY docker/entrypoint.sh /usr/local/bin/flexprice-beam-entrypoint

@@ -1,6 +1,12 @@
 """flexprice-beam: installable locally and on Beam workers (``--setup_file ./setup.py``)."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The one Beam version of the project (Python SDK, Java jars, Prism, images): BEAM_VERSION.
+_BEAM = (Path(__file__).resolve().parent / "BEAM_VERSION").read_text().strip()
+_MAJOR, _MINOR, _ = _BEAM.split(".")
 
 setup(
     name="flexprice-beam",
@@ -9,7 +15,7 @@ setup(
     packages=find_packages(include=["flexprice_beam", "flexprice_beam.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "apache-beam>=2.77.0,<2.78",
+        f"apache-beam>={_BEAM},<{_MAJOR}.{int(_MINOR) + 1}",
         "kafka-python>=2.0.2,<4",
         "requests>=2.31,<3",
         "pydantic>=2.7,<3",
@@ -18,6 +24,8 @@ setup(
         "PyYAML>=6,<7",
         "prometheus_client>=0.20,<1",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"],
+                    # output.flexprice.api_key_secret: Secret Manager, read on the workers
+                    "gcp": ["google-cloud-secret-manager>=2.20,<3"]},
     entry_points={"console_scripts": ["flexprice-beam=flexprice_beam.cli:main"]},
 )

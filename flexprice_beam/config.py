@@ -145,9 +145,32 @@ class TlsConfig(_Model):
 
 
 class SaslConfig(_Model):
+    """``password`` (a literal: local runs only) or ``password_env``: the name of an
+    environment variable on the workers, which Kafka's EnvVarConfigProvider reads there, so
+    the job graph holds only ``${env:NAME}`` (docs/runners.md, "Secrets")."""
+
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     user: str
-    password: SecretStr
+    password: SecretStr | None = None
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _password_given_empty(cls, v: Any) -> Any:
+        if v is None:  # ``password: ${UNSET}``: written, but empty
+            raise ValueError("is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> SaslConfig:
+        given = [k for k in ("password", "password_env") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of password, password_env "
+                             f"(got {', '.join(given) or 'none'})")
+        if self.password is not None and not self.password.get_secret_value():
+            raise ValueError("password is empty (if it names an environment variable, is "
+                             "that variable set?)")
+        return self
 
 
 class KafkaInput(_Model):
@@ -218,9 +241,30 @@ class RetryConfig(_Model):
     max_elapsed: Duration = 600.0
 
 
+#: The places an API key can come from (output.flexprice); all but api_key are references.
+API_KEY_SOURCES = ("api_key", "api_key_env", "api_key_file", "api_key_secret")
+SECRET_VERSION_PATTERN = r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$"
+
+
+def clean_api_key(key: str, source: str) -> str:
+    """Strip; refuse what a header cannot carry, never echoing the key. A key read from a
+    file or a Kubernetes secret often ends in a newline, and a header with a stray space or
+    newline makes the HTTP stack raise an error that quotes the value into logs."""
+    key = key.strip()
+    if key and not all(0x21 <= ord(ch) <= 0x7E for ch in key):
+        raise ValueError(f"{source} contains spaces, control or non-ASCII characters "
+                         "(value not shown)")
+    return key
+
+
 class FlexpriceOutput(_Model):
     api_host: str = Field(min_length=1)
-    api_key: SecretStr
+    #: Where the key comes from -- exactly one. ``api_key`` is a literal (local runs only: it
+    #: would be pickled into the job); the others are resolved on the worker in setup().
+    api_key: SecretStr | None = None
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_file: str | None = Field(None, min_length=1)
+    api_key_secret: str | None = Field(None, pattern=SECRET_VERSION_PATTERN)
     scheme: Literal["http", "https"] = "https"
     mode: Literal["bulk", "single"] = "bulk"
     batching: BatchingConfig = BatchingConfig()
@@ -241,22 +285,25 @@ class FlexpriceOutput(_Model):
             return host
         return f"{self.scheme}://{host}"
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key_given_empty(cls, v: Any) -> Any:
+        if v is None:  # ``api_key: ${UNSET}``: written, but empty
+            raise ValueError("is empty")
+        return v
+
     @field_validator("api_key")
     @classmethod
-    def _clean_key(cls, v: SecretStr) -> SecretStr:
-        # A key read from a file or a Kubernetes secret often ends in a newline. Sent as a
-        # header, a stray space/newline makes ``requests`` raise an error that quotes the
-        # header value — i.e. the key — into logs and dead letters. Strip, then refuse
-        # anything a header cannot carry, without ever echoing the key.
-        key = v.get_secret_value().strip()
-        if key and not all(0x21 <= ord(ch) <= 0x7E for ch in key):
-            raise ValueError("api_key contains spaces, control or non-ASCII characters "
-                             "(value not shown)")
-        return SecretStr(key)
+    def _clean_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else SecretStr(clean_api_key(v.get_secret_value(), "api_key"))
 
     @model_validator(mode="after")
     def _check_key(self) -> FlexpriceOutput:
-        if not self.api_key.get_secret_value().strip():
+        given = [k for k in API_KEY_SOURCES if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(API_KEY_SOURCES)} "
+                             f"(got {', '.join(given) or 'none'})")
+        if self.api_key is not None and not self.api_key.get_secret_value():
             raise ValueError("api_key is empty (if it names an environment variable, "
                              "is that variable set?)")
         return self

@@ -27,14 +27,15 @@
 #   * Beam Flink job server: Maven Central does not (here) carry the prebuilt
 #     beam-runners-flink-<v>-job-server jars, so it is shaded from the per-module
 #     artifacts with scripts/flink/job-server/pom.xml (see the note there).
-#   * Python SDK harness: the repo's .venv (apache-beam 2.77.0), one process per SDK
+#   * Python SDK harness: the repo's .venv (apache-beam at BEAM_VERSION), one process per SDK
 #     worker, booted by scripts/flink/sdk_worker.sh + sdk_worker_boot.py.
 # See docs/flink-notes.md for versions, timings and caveats.
 #
-# Environment overrides: FLINK_CACHE_DIR, FLINK_VERSION, BEAM_JAVA_VERSION (2.70.0|2.62.0), PYTHON,
+# Environment overrides: FLINK_CACHE_DIR, FLINK_VERSION, PYTHON,
 # MAVEN_REPO_LOCAL (-> -Dmaven.repo.local), FLINK_REST_PORT, BEAM_JOB_PORT,
 # BEAM_ARTIFACT_PORT, BEAM_EXPANSION_PORT, BEAM_WORKER_POOL_PORT, FLINK_TM_SLOTS,
-# FLINK_START_TIMEOUT, BEAM_EXPANSION_EXPERIMENTS (default use_deprecated_read).
+# FLINK_START_TIMEOUT, BEAM_EXPANSION_EXPERIMENTS (default use_deprecated_read),
+# FLINK_PROMETHEUS_PORTS (reporter port range, default 9250-9259).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "$0")" && pwd)"
@@ -43,19 +44,16 @@ CACHE="${FLINK_CACHE_DIR:-$ROOT/.cache/flink}"
 
 FLINK_VERSION="${FLINK_VERSION:-1.19.3}"
 FLINK_MAJOR="${FLINK_VERSION%.*}"                    # 1.19
-# Java side (job server + expansion service); the Python SDK side is the venv's 2.77.0.
-# Newest beam-runners-flink-1.19 on the reachable Maven Central is 2.70.0 (no 1.20/2.x
-# runner, no prebuilt *-job-server jars at all). 2.62.0 is the newest release whose
-# modules all exist at the same version; 2.70.0 needs beam-runners-java-job-service 2.65.0
-# (2.70.0 is missing), but its KafkaIO understands what Python 2.77's ReadFromKafka sends
-# (2.62.0 rejects it: no setDynamicReadPollIntervalSeconds).
-BEAM_JAVA_VERSION="${BEAM_JAVA_VERSION:-2.70.0}"
+# The one Beam version (repo-root BEAM_VERSION) for the job server, the expansion service
+# and the venv's Python SDK. It is the newest release whose Java modules all resolve here at
+# that same version (beam-runners-flink-1.19 exists only at 2.62.0 and 2.70.0, and
+# beam-runners-java-job-service not at 2.70.0); see docs/runners.md to move up.
+BEAM_JAVA_VERSION="$(tr -d '[:space:]' <"$ROOT/BEAM_VERSION")"
 case "$BEAM_JAVA_VERSION" in
-  2.70.0) _JOBSERVICE=2.65.0 _SLF4J=2.0.16 ;;
-  2.62.0) _JOBSERVICE=2.62.0 _SLF4J=1.7.30 ;;
-  *) _JOBSERVICE=$BEAM_JAVA_VERSION _SLF4J=2.0.16 ;;
+  2.6[0-4].*) _SLF4J=1.7.30 ;;   # Beam's own slf4j line before 2.65
+  *) _SLF4J=2.0.16 ;;
 esac
-BEAM_JOBSERVICE_VERSION="${BEAM_JOBSERVICE_VERSION:-$_JOBSERVICE}"
+BEAM_JOBSERVICE_VERSION="$BEAM_JAVA_VERSION"
 BEAM_SLF4J_VERSION="${BEAM_SLF4J_VERSION:-$_SLF4J}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 
@@ -238,18 +236,65 @@ install_jobserver() {
   rm -rf "$CACHE/build/job-server"   # the shade output is a 2nd copy of the 190 MB jar
 }
 
+# The submitter/SDK workers and the Java side must be the same Beam release (BEAM_VERSION).
+check_beam_version() {
+  local v
+  v=$("$PYTHON" -c 'import apache_beam; print(apache_beam.__version__)' 2>/dev/null) ||
+    die "$PYTHON cannot import apache_beam"
+  [[ $v == "$BEAM_JAVA_VERSION" ]] ||
+    die "$PYTHON has apache-beam $v but BEAM_VERSION is $BEAM_JAVA_VERSION (run scripts/bootstrap.sh)"
+}
+
 cmd_install() {
   need java; need curl; need tar
   [[ -x $PYTHON ]] || die "python not found at $PYTHON (set PYTHON=...)"
-  "$PYTHON" -c 'import apache_beam' 2>/dev/null || die "$PYTHON cannot import apache_beam"
+  check_beam_version
   mkdir -p "$CACHE/build" "$LOG_DIR" "$RUN_DIR" "$DATA_DIR"
   local t0=$SECONDS
   install_flink
   install_jobserver
+  install_prometheus_reporter
   log "install done in $((SECONDS - t0)) s"
 }
 
-is_installed() { [[ -f $FLINK_DIST_JAR && -s $JOBSERVER_JAR && $(cat "$JOBSERVER_JAR.stamp" 2>/dev/null) == "$(jobserver_stamp)" ]]; }
+is_installed() { [[ -f $FLINK_DIST_JAR && -s $JOBSERVER_JAR && $(cat "$JOBSERVER_JAR.stamp" 2>/dev/null) == "$(jobserver_stamp)" && -s $PROM_JAR ]]; }
+
+# ----------------------------------------------------------------------------- Prometheus reporter
+# Flink's Prometheus metrics reporter (flink-metrics-prometheus from Maven Central, a Flink
+# plugin): every JobManager/TaskManager serves /metrics on the first free port of
+# FLINK_PROMETHEUS_PORTS, including the Beam user metrics (Counters, Distributions) that the
+# Flink runner forwards to the operators' metric groups (docs/runners.md, "Metrics").
+# 1.19.1 is the newest 1.19.x of it served here; the reporter API is the same across 1.19.x.
+PROM_REPORTER_VERSION="${FLINK_PROMETHEUS_REPORTER_VERSION:-1.19.1}"
+PROM_PORTS="${FLINK_PROMETHEUS_PORTS:-9250-9259}"
+PROM_PLUGIN_DIR="$FLINK_HOME/plugins/metrics-prometheus"
+PROM_JAR="$PROM_PLUGIN_DIR/flink-metrics-prometheus-$PROM_REPORTER_VERSION.jar"
+
+install_prometheus_reporter() {
+  [[ -s $PROM_JAR ]] && { log "Prometheus reporter present: $PROM_JAR"; return 0; }
+  need mvn
+  local mvn_args=(-B -q dependency:copy "-Dartifact=org.apache.flink:flink-metrics-prometheus:$PROM_REPORTER_VERSION"
+    "-DoutputDirectory=$PROM_PLUGIN_DIR")
+  [[ -n ${MAVEN_REPO_LOCAL:-} ]] && mvn_args+=("-Dmaven.repo.local=$MAVEN_REPO_LOCAL")
+  log "fetching flink-metrics-prometheus $PROM_REPORTER_VERSION into $PROM_PLUGIN_DIR"
+  mkdir -p "$PROM_PLUGIN_DIR" "$CACHE/build"
+  (cd "$CACHE/build" && mvn "${mvn_args[@]}") >"$CACHE/build/mvn-prometheus.log" 2>&1 ||
+    { tail -20 "$CACHE/build/mvn-prometheus.log" >&2; die "could not fetch flink-metrics-prometheus"; }
+}
+
+prometheus_conf() {  # appended to config.yaml by write_conf
+  cat <<EOF
+# Prometheus reporter (install_prometheus_reporter): each process takes a free port of the range
+metrics.reporter.prom.factory.class: org.apache.flink.metrics.prometheus.PrometheusReporterFactory
+metrics.reporter.prom.port: $PROM_PORTS
+EOF
+}
+
+prometheus_endpoints() {  # the reporter ports that answer, as host:port lines
+  local lo=${PROM_PORTS%-*} hi=${PROM_PORTS#*-} p
+  for ((p = lo; p <= hi; p++)); do port_open "$HOST" "$p" && echo "$HOST:$p"; done
+  return 0
+}
 
 # ----------------------------------------------------------------------------- config
 
@@ -292,6 +337,7 @@ blob.service.cleanup.interval: 300
 web.tmpdir: $DATA_DIR/web
 web.cancel.enable: true
 EOF
+  prometheus_conf >>"$CONF_DIR/config.yaml"
   cat >"$CONF_DIR/log4j.properties" <<'EOF'
 # Generated by scripts/flink.sh (log4j2 properties; file = -Dlog.file)
 monitorInterval = 30
@@ -535,6 +581,7 @@ cmd_status() {
   done
   local ov
   if ov=$(rest_get /overview 2>/dev/null); then echo "flink /overview: $ov"; fi
+  echo "prometheus reporters: $(prometheus_endpoints | tr '\n' ' ')"
   return $rc
 }
 
@@ -548,6 +595,7 @@ export BEAM_WORKER_POOL=localhost:$POOL_PORT
 export FLINK_JOB_SERVER_JAR=$JOBSERVER_JAR
 export FLINK_HOME=$FLINK_HOME
 export FLINK_CHECKPOINT_DIR=$DATA_DIR/checkpoints
+export FLINK_PROMETHEUS_PORTS=$PROM_PORTS
 EOF
 }
 

@@ -5,8 +5,10 @@
 # Usage: scripts/kafka.sh <command> [args]
 #   install                  resolve broker jars + Beam IO expansion service (idempotent);
 #                            the expansion service launcher jar is also copied to
-#                            ~/.apache_beam/cache/jars/beam-sdks-java-io-expansion-service-<py beam>.jar
+#                            ~/.apache_beam/cache/jars/beam-sdks-java-io-expansion-service-<v>.jar
 #                            so ReadFromKafka's default expansion service needs no download
+#                            (<v> = the repo's BEAM_VERSION file, the one Beam version of
+#                            the Python SDK, the Java jars, Prism and the images)
 #   start                    install if needed, create certs/storage on first start,
 #                            start the broker in the background and wait until ready
 #   stop                     stop the broker started by `start`
@@ -16,8 +18,8 @@
 #   env                      print `export ...` lines (ports, credentials, cert paths)
 #   reset                    stop and delete broker data (keeps jars and certs)
 #   install-prism            optional: build Beam's Prism runner (Go module
-#                            github.com/apache/beam/sdks/v2/go/cmd/prism at the
-#                            Python SDK's version, via the Go module proxy) into
+#                            github.com/apache/beam/sdks/v2/go/cmd/prism at
+#                            BEAM_VERSION, via the Go module proxy) into
 #                            .cache/bin/prism, for unbounded (streaming) reads
 #
 # Everything lives under <repo>/.cache (gitignored):
@@ -33,6 +35,8 @@
 #
 # Environment knobs (mostly for testing the script itself):
 #   FLEXPRICE_CACHE_DIR  cache root instead of <repo>/.cache
+#   KAFKA_DIR            the broker's dir instead of <cache>/kafka (share one broker between
+#                        checkouts while each keeps its own jars and Prism)
 #   KAFKA_MVN_ARGS       extra Maven args, e.g. -Dmaven.repo.local=/tmp/m2fresh
 #   BEAM_JAR_CACHE       Beam's Python jar cache (default ~/.apache_beam/cache/jars)
 #   KAFKA_WAIT_TIMEOUT   seconds for `wait` (default 90)
@@ -42,7 +46,7 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 CACHE="${FLEXPRICE_CACHE_DIR:-$ROOT/.cache}"
-KDIR="$CACHE/kafka"
+KDIR="${KAFKA_DIR:-$CACHE/kafka}"   # the broker: libs, data, logs, certs
 LIBS="$KDIR/libs"
 LOGS="$KDIR/logs"
 DATA="$KDIR/data"
@@ -84,31 +88,32 @@ python_bin() {
   elif command -v python3 >/dev/null; then command -v python3; fi
 }
 
-# Version of the Python Beam SDK, which decides the jar name Beam looks for.
-beam_python_version() {
-  if [[ -n "${BEAM_PYTHON_VERSION:-}" ]]; then echo "$BEAM_PYTHON_VERSION"; return; fi
-  local py v=""
+# The one Beam version (repo-root BEAM_VERSION): the Java IO expansion service, the jar
+# name Beam's Python SDK looks for, and Prism. The venv's apache-beam must match it.
+beam_version() { tr -d '[:space:]' <"$ROOT/BEAM_VERSION"; }
+
+check_python_beam() {  # warn (not fail: the broker itself needs no Python) on a mismatch
+  local py v
   py="$(python_bin)"
-  if [[ -n "$py" ]]; then
-    v="$("$py" -c 'from importlib.metadata import version; print(version("apache-beam"))' 2>/dev/null || true)"
+  [[ -n "$py" ]] || return 0
+  v="$("$py" -c 'from importlib.metadata import version; print(version("apache-beam"))' 2>/dev/null || true)"
+  if [[ -n "$v" && "$v" != "$(beam_version)" ]]; then
+    log "WARNING: $py has apache-beam $v but BEAM_VERSION is $(beam_version) (run scripts/bootstrap.sh)"
   fi
-  echo "${v:-2.77.0}"
 }
 
-beam_java_version() {
-  sed -n 's:.*<beam.version>\(.*\)</beam.version>.*:\1:p' "$EXPANSION_POM" | head -1
-}
-
-expansion_libs_dir() { echo "$JARS/beam-io-expansion-service-$(beam_java_version)"; }
-expansion_launcher() { echo "$JARS/beam-sdks-java-io-expansion-service-$(beam_python_version).jar"; }
+expansion_libs_dir() { echo "$JARS/beam-io-expansion-service-$(beam_version)"; }
+expansion_launcher() { echo "$JARS/beam-sdks-java-io-expansion-service-$(beam_version).jar"; }
 
 # ---------------------------------------------------------------- install ---
 
-# copy_deps POM DEST: resolve POM's runtime dependencies into DEST (atomic,
-# skipped when DEST was filled from the same POM content).
+# copy_deps POM DEST [MVN_ARG...]: resolve POM's runtime dependencies into DEST (atomic,
+# skipped when DEST was filled from the same POM content and arguments).
 copy_deps() {
   local pom="$1" dest="$2" stamp sha
+  shift 2
   sha="$(file_sha "$pom")"
+  [[ $# -eq 0 ]] || sha="$( { cat "$pom"; echo "$*"; } | sha256sum | cut -c1-16)"
   stamp="$dest/.complete"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$sha" ]]; then
     log "$(basename "$dest"): already installed"
@@ -121,7 +126,7 @@ copy_deps() {
   local mvn_log="$KDIR/logs/mvn-$(basename "$pom" .xml).log"
   mkdir -p "$(dirname "$mvn_log")"
   if ! mvn_run -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
-        -DoutputDirectory="$tmp" >"$mvn_log" 2>&1; then
+        -DoutputDirectory="$tmp" "$@" >"$mvn_log" 2>&1; then
     tail -n 30 "$mvn_log" >&2
     rm -rf "$tmp"
     die "maven could not resolve $pom (log: $mvn_log)"
@@ -163,7 +168,8 @@ cmd_install() {
   local exp_libs launcher
   exp_libs="$(expansion_libs_dir)"
   launcher="$(expansion_launcher)"
-  copy_deps "$EXPANSION_POM" "$exp_libs"
+  check_python_beam
+  copy_deps "$EXPANSION_POM" "$exp_libs" "-Dbeam.version=$(beam_version)"
   make_launcher_jar "$exp_libs" "$launcher"
   mkdir -p "$BEAM_JAR_CACHE"
   cp -f "$launcher" "$BEAM_JAR_CACHE/$(basename "$launcher")"
@@ -494,7 +500,7 @@ EOF
 
 cmd_install_prism() {
   local version bin="$CACHE/bin/prism"
-  version="v$(beam_python_version)"
+  version="v$(beam_version)"
   if [[ -x "$bin" && -f "$bin.version" && "$(cat "$bin.version")" == "$version" ]]; then
     log "prism $version: already installed at $bin"
     return
@@ -502,7 +508,9 @@ cmd_install_prism() {
   command -v go >/dev/null || die "go not found"
   mkdir -p "$CACHE/bin"
   log "building prism $version into $bin (takes ~1.5 min)"
-  GOBIN="$CACHE/bin" GOFLAGS=-mod=mod go install \
+  # GONOSUMDB: the checksum database reachable here has no entry for the Beam module at
+  # some releases (v2.62.0: 404); its dependencies are still verified against it.
+  GOBIN="$CACHE/bin" GOFLAGS=-mod=mod GONOSUMDB=github.com/apache/beam go install \
     "github.com/apache/beam/sdks/v2/go/cmd/prism@$version"
   echo "$version" >"$bin.version"
 }

@@ -36,7 +36,8 @@ SECRET = "fp_dataflow_secret_123"
 def _config(input_: dict) -> CollectorConfig:
     return CollectorConfig.model_validate({
         "input": input_,
-        "output": {"flexprice": {"api_host": "api.cloud.flexprice.io", "api_key": SECRET}}})
+        "output": {"flexprice": {"api_host": "api.cloud.flexprice.io",
+                                 "api_key_env": "FLEXPRICE_API_KEY"}}})
 
 
 def translate(cfg: CollectorConfig, extra: list[str]):
@@ -67,7 +68,7 @@ def test_streaming_generator_job_translates_offline():
         if env.urn == common_urns.environments.DOCKER.urn:
             images.add(beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image)
     assert images == {IMAGE}
-    # The API key travels pickled inside the sink, never as a readable pipeline option.
+    # Only the variable's name travels (tests/test_secrets.py searches the whole job).
     assert SECRET not in str(job.options.get_all_options())
 
 
@@ -86,8 +87,10 @@ def test_streaming_kafka_job_translates_offline_with_the_java_read():
     cfg = CollectorConfig.model_validate({
         "input": {"kafka": {"addresses": ["broker-1:9092"], "topics": ["usage-events"],
                             "consumer_group": "flexprice-prod",
-                            "sasl": {"mechanism": "PLAIN", "user": "svc", "password": SECRET}}},
-        "output": {"flexprice": {"api_host": "api.cloud.flexprice.io", "api_key": SECRET}}})
+                            "sasl": {"mechanism": "PLAIN", "user": "svc",
+                                     "password_env": "KAFKA_SASL_PASSWORD"}}},
+        "output": {"flexprice": {"api_host": "api.cloud.flexprice.io",
+                                 "api_key_env": "FLEXPRICE_API_KEY"}}})
     try:
         service = LocalExpansionService().start()
     except ExpansionServiceError as exc:

@@ -33,9 +33,14 @@ def _env_pairs(rest: str) -> dict[str, str]:
 
 
 def test_base_image_matches_beam_and_python():
-    froms = [rest for op, rest in _instructions() if op == "FROM"]
+    ins = _instructions()
+    froms = [rest for op, rest in ins if op == "FROM"]
     assert len(froms) == 1
-    m = re.fullmatch(r"apache/beam_python(\d+)\.(\d+)_sdk:(\S+)", froms[0])
+    args = dict(rest.split("=", 1) for op, rest in ins if op == "ARG" and "=" in rest)
+    m = re.fullmatch(r"apache/beam_python(\d+)\.(\d+)_sdk:\$\{BEAM_VERSION\}", froms[0])
+    assert m, f"the Beam SDK image at the one BEAM_VERSION: {froms[0]}"
+    m = re.fullmatch(r"apache/beam_python(\d+)\.(\d+)_sdk:(\S+)",
+                     froms[0].replace("${BEAM_VERSION}", args["BEAM_VERSION"]))
     assert m, f"the Beam SDK image, so one image is both CLI and SDK harness: {froms[0]}"
     assert m.group(3) == apache_beam.__version__
     # DoFns pickled by the launcher are unpickled in this image: same Python minor.

@@ -15,6 +15,7 @@ import apache_beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from flexprice_beam.pipelines import collector as entry_collector
 from flexprice_beam.pipelines import main as entry
 from flexprice_beam.pipelines.collector import CollectorOptions
 from tests.test_dataflow_translation import DATAFLOW_ARGS, IMAGE, SECRET
@@ -60,7 +61,9 @@ def test_launcher_image_matches_the_worker_image_and_the_pins():
                      r":\$\{LAUNCHER_TAG\}", froms[0])
     assert m, froms[0]
     launcher_py = (int(m.group(1)), int(m.group(2)))
-    worker = [rest for op, rest in _instructions(ROOT / "Dockerfile") if op == "FROM"][0]
+    wins = _instructions(ROOT / "Dockerfile")
+    worker = [rest for op, rest in wins if op == "FROM"][0].replace(
+        "${BEAM_VERSION}", _args(wins)["BEAM_VERSION"])
     w = re.fullmatch(r"apache/beam_python(\d+)\.(\d+)_sdk:(\S+)", worker)
     # The launcher pickles the DoFns that the workers unpickle: same Python minor, same Beam.
     assert launcher_py == (int(w.group(1)), int(w.group(2))) == sys.version_info[:2]
@@ -121,18 +124,33 @@ def test_metadata_parameters_are_known_to_the_entry_point():
 
 
 def test_entry_point_submits_a_dataflow_job_offline(tmp_path, monkeypatch):
-    """``launch.py``'s main with a config file and Dataflow options: a dry-run submission."""
+    """``launch.py``'s main with a config file and Dataflow options: a dry-run submission.
+    ``--api_key_secret`` becomes the key source the workers read; the launcher reads nothing."""
     cfg = tmp_path / "collector.yaml"
     cfg.write_text(CONFIG)
-    monkeypatch.setattr(entry, "fetch_secret", lambda name: SECRET if name.endswith("/7") else "")
-    monkeypatch.setenv("FLEXPRICE_API_KEY", "")  # recorded, so the secret does not leak
-    monkeypatch.delenv("FLEXPRICE_API_KEY")
+    monkeypatch.delenv("FLEXPRICE_API_KEY", raising=False)
+    built = {}
+    real_build = entry_collector.build
+    monkeypatch.setattr(entry_collector, "build",
+                        lambda p, c, **kw: built.setdefault("cfg", c) and real_build(p, c, **kw))
     rc = entry.main(["--config", str(cfg), "--api_key_secret", "projects/p/secrets/k/versions/7",
                      *DATAFLOW_ARGS])
     assert rc == 0
+    flex = built["cfg"].output.flexprice
+    assert flex.api_key_secret == "projects/p/secrets/k/versions/7" and flex.api_key is None
     import os
 
-    assert os.environ["FLEXPRICE_API_KEY"] == SECRET
+    assert "FLEXPRICE_API_KEY" not in os.environ
+
+
+def test_a_literal_key_is_refused_at_launch(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLEXPRICE_API_KEY", SECRET)
+    cfg = tmp_path / "collector.yaml"
+    cfg.write_text(CONFIG)
+    assert entry.main(["--config", str(cfg), *DATAFLOW_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "output.flexprice.api_key: use api_key_env: FLEXPRICE_API_KEY" in err
+    assert SECRET not in err
 
 
 def test_inside_the_launcher_the_runner_is_dataflow_and_kafka_streams(monkeypatch):
@@ -168,6 +186,7 @@ def test_entry_point_expands_kafka_for_dataflow(tmp_path, monkeypatch):
     monkeypatch.setenv(entry.LAUNCHER_ENV, "/template/launch.py")  # → DataflowRunner, streaming
     cfg = tmp_path / "kafka.yaml"
     cfg.write_text("input: {kafka: {addresses: ['b:9092'], topics: [usage]}}\n"
-                   "output: {flexprice: {api_host: api.cloud.flexprice.io, api_key: k}}\n")
+                   "output: {flexprice: {api_host: api.cloud.flexprice.io, "
+                   "api_key_env: FLEXPRICE_API_KEY}}\n")
     args = [a for a in DATAFLOW_ARGS if not a.startswith("--runner")]
     assert entry.main(["--config", str(cfg), *args]) == 0

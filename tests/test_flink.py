@@ -166,10 +166,12 @@ def test_streaming_kafka_to_flexprice_on_flink_survives_taskmanager_loss(cluster
     producer = Producer(bootstrap, topic)
     mock_api.track_receive_times()
     cfg_path = tmp_path / "flink.yaml"
+    key_file = tmp_path / "flexprice-api-key"  # read by the SDK workers: no key in the job
+    key_file.write_text(API_KEY + "\n")
     cfg_path.write_text(yaml.safe_dump({
         "input": {"kafka": {"addresses": [bootstrap], "topics": [topic],
                             "consumer_group": group, "start_from_oldest": True}},
-        "output": {"flexprice": {"api_host": mock_api.host_port, "api_key": API_KEY,
+        "output": {"flexprice": {"api_host": mock_api.host_port, "api_key_file": str(key_file),
                                  "scheme": "http", "batching": {"count": 500, "period": "1s"},
                                  "max_in_flight": 4, "timeout": "5s",
                                  "retry": {"max_attempts": 30, "initial_backoff": "100ms",

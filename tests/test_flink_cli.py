@@ -59,7 +59,7 @@ def test_unreachable_cluster_is_exit_2_naming_what_is_missing(mock_api, tmp_path
     monkeypatch.setenv("FLEXPRICE_FLINK_JOB_ENDPOINT", f"127.0.0.1:{port}")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"input: {{generate: {{count: 0}}}}\noutput: {{flexprice: {{api_host: "
-                   f"'{mock_api.host_port}', api_key: k, scheme: http}}}}\n")
+                   f"'{mock_api.host_port}', api_key_env: FLEXPRICE_API_KEY, scheme: http}}}}\n")
     started = time.monotonic()
     rc = cli_main(["run", "-c", str(cfg), "--runner", "flink", "--flink-master",
                    f"127.0.0.1:{port}"])
@@ -72,7 +72,7 @@ def test_unreachable_cluster_is_exit_2_naming_what_is_missing(mock_api, tmp_path
 def test_bad_checkpointing_interval_is_exit_2(mock_api, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"input: {{generate: {{count: 0}}}}\noutput: {{flexprice: {{api_host: "
-                   f"'{mock_api.host_port}', api_key: k, scheme: http}}}}\n")
+                   f"'{mock_api.host_port}', api_key_env: FLEXPRICE_API_KEY, scheme: http}}}}\n")
     assert cli_main(["run", "-c", str(cfg), "--runner", "flink",
                      "--checkpointing-interval", "soon"]) == 2
 

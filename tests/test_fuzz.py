@@ -35,6 +35,7 @@ from flexprice_beam.io.dead_letter import WriteDeadLetters, encode_dead_letter
 from flexprice_beam.io.generate import generate_batch
 from flexprice_beam.io.kafka import decode
 from flexprice_beam.mock.validation import bind_event, missing_required
+from flexprice_beam.pipelines.runner import LOCAL_ENGINE
 from flexprice_beam.transforms.mapping import DEAD_LETTER, FILTERED, Mapper, MappingError, MapRecords
 from flexprice_beam.transforms.validate import (
     InvalidEvent,
@@ -362,7 +363,7 @@ def test_fuzzed_batches_through_the_dofns_in_a_beam_pipeline(raws, cfg):
 def _beam_run(raws, cfg, work: Path) -> None:
     ids_file, dl_dir = work / "ids.txt", work / "dead-letter"
     chunks = [list(enumerate(raws))[i:i + 17] for i in range(0, len(raws), 17)]
-    with beam.Pipeline(runner="FnApiRunner") as p:
+    with beam.Pipeline(runner=LOCAL_ENGINE) as p:
         mapped = (p | beam.Create(chunks, reshuffle=False) | beam.ParDo(_DecodeBatch())
                   | beam.ParDo(MapRecords(cfg)).with_outputs(DEAD_LETTER, main="events"))
         valid = mapped.events | beam.ParDo(ValidateEvents()).with_outputs(DEAD_LETTER, main="valid")

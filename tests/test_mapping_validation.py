@@ -7,6 +7,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from flexprice_beam.config import PipelineConfig, load_config
 from flexprice_beam.events import Record
+from flexprice_beam.pipelines.runner import LOCAL_ENGINE
 from flexprice_beam.transforms.mapping import (
     DEAD_LETTER,
     FILTERED,
@@ -121,7 +122,7 @@ def test_map_and_validate_dofns_split_good_from_bad():
     records = [rec({**GOOD, "event_id": f"e{i}"}, rid=f"r{i}") for i in range(6)]
     records[2] = rec([1], rid="r2")  # not an object → mapping dead letter
     records[4] = rec({**GOOD, "event_id": "e4", "event_name": ""}, rid="r4")  # invalid
-    with beam.Pipeline("FnApiRunner") as p:
+    with beam.Pipeline(LOCAL_ENGINE) as p:
         mapped = (p | beam.Create([records[:3], records[3:]])
                   | "Map" >> beam.ParDo(MapRecords(PipelineConfig())).with_outputs(
                       DEAD_LETTER, main="events"))

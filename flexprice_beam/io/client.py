@@ -32,6 +32,7 @@ import orjson
 
 from flexprice_beam.config import FlexpriceOutput
 from flexprice_beam.io.retry import parse_retry_after
+from flexprice_beam.io.secrets import resolve_api_key
 
 log = logging.getLogger("flexprice_beam.client")
 
@@ -110,7 +111,7 @@ class FlexpriceClient:
             log.warning("TLS certificate verification for Flexprice is OFF (skip_cert_verify): "
                         "anyone on the path can read the API key and the events")
         self._timeout = cfg.timeout
-        self._secret = cfg.api_key.get_secret_value()
+        self._secret = resolve_api_key(cfg)  # on the worker, in the sink's setup()
         self._headers = {
             "x-api-key": self._secret,
             "Content-Type": "application/json",

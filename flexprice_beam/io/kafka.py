@@ -27,6 +27,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from flexprice_beam.config import KafkaInput
 from flexprice_beam.events import Record, rfc3339_from_millis
 from flexprice_beam.io.offsets import TRACKER, kafka_position
+from flexprice_beam.io.secrets import jaas_password, sasl_password
 
 log = logging.getLogger("flexprice_beam.kafka")
 
@@ -46,7 +47,8 @@ def security_protocol(cfg: KafkaInput) -> str:
 
 
 def java_consumer_config(cfg: KafkaInput) -> dict[str, str]:
-    """The Java KafkaConsumer properties for ``ReadFromKafka``."""
+    """The Java KafkaConsumer properties for ``ReadFromKafka``; with ``sasl.password_env``
+    they name the variable (``${env:NAME}``), resolved by Kafka inside the worker's JVM."""
     conf = {
         "bootstrap.servers": ",".join(cfg.addresses),
         "group.id": cfg.consumer_group,
@@ -56,7 +58,9 @@ def java_consumer_config(cfg: KafkaInput) -> dict[str, str]:
     }
     if cfg.sasl is not None:
         user = cfg.sasl.user.replace('"', '\\"')
-        password = cfg.sasl.password.get_secret_value().replace('"', '\\"')
+        password, providers = jaas_password(cfg.sasl)
+        password = password.replace('"', '\\"')
+        conf.update(providers)
         conf["sasl.mechanism"] = cfg.sasl.mechanism
         conf["sasl.jaas.config"] = (
             f'{_JAAS[cfg.sasl.mechanism]} required username="{user}" password="{password}";')
@@ -88,7 +92,7 @@ def python_client_config(cfg: KafkaInput) -> dict[str, Any]:
                             "security_protocol": security_protocol(cfg)}
     if cfg.sasl is not None:
         conf.update(sasl_mechanism=cfg.sasl.mechanism, sasl_plain_username=cfg.sasl.user,
-                    sasl_plain_password=cfg.sasl.password.get_secret_value())
+                    sasl_plain_password=sasl_password(cfg.sasl))
     if cfg.tls.enabled:
         conf.update(ssl_cafile=cfg.tls.ca_file, ssl_certfile=cfg.tls.cert_file,
                     ssl_keyfile=cfg.tls.key_file,

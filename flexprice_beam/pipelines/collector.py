@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from flexprice_beam.config import CollectorConfig
+from flexprice_beam.config import CollectorConfig, ConfigError
 from flexprice_beam.io.dead_letter import WriteDeadLetters
 from flexprice_beam.io.generate import GenerateEvents
 from flexprice_beam.io.sink import WriteToFlexprice
@@ -38,6 +38,44 @@ class CollectorOptions(PipelineOptions):
         parser.add_argument("--kafka_expansion_service", default=None,
                             help="HOST:PORT of a running Beam Java expansion service for "
                                  "ReadFromKafka (default: start the cached jar locally)")
+
+
+#: Our local engine, by its full path: Beam 2.62 does not know the short name "FnApiRunner".
+LOCAL_ENGINE = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+#: Runners that run the job in or beside this process: a literal secret never leaves it.
+LOCAL_RUNNERS = (LOCAL_ENGINE, "FnApiRunner", "DirectRunner", "direct", "SwitchingDirectRunner",
+                 "BundleBasedDirectRunner", "TestDirectRunner", "PrismRunner")
+
+_USE_INSTEAD = {
+    "output.flexprice.api_key": "api_key_env: FLEXPRICE_API_KEY (a variable set on the workers), "
+                                "api_key_file: /path/on/the/workers, or api_key_secret: "
+                                "projects/P/secrets/S/versions/V (Secret Manager)",
+    "input.kafka.sasl.password": "password_env: KAFKA_SASL_PASSWORD (a variable set on the "
+                                 "workers; Kafka's EnvVarConfigProvider reads it there)",
+}
+
+
+def runner_name(options: PipelineOptions) -> str:
+    runner = options.view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) or runner is None else type(runner).__name__
+
+
+def refuse_literal_secrets(cfg: CollectorConfig, options: PipelineOptions) -> None:
+    """A literal secret would be pickled into the job graph that a remote runner stores and
+    shows (Dataflow's job, Flink's job jar, staging buckets): refuse it, saying what to use."""
+    runner = runner_name(options)
+    if runner is None or runner in LOCAL_RUNNERS:
+        return
+    literal = []
+    if cfg.output.flexprice.api_key is not None:
+        literal.append("output.flexprice.api_key")
+    sasl = cfg.input.kafka.sasl if cfg.input.kafka is not None else None
+    if sasl is not None and sasl.password is not None:
+        literal.append("input.kafka.sasl.password")
+    if literal:
+        raise ConfigError("\n".join(
+            [f"{runner} would write these secrets into the job graph; pass a reference instead:"]
+            + [f"  {k}: use {_USE_INSTEAD[k]}" for k in literal]))
 
 
 def is_streaming(p: beam.Pipeline) -> bool:
@@ -70,6 +108,7 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
           dead_letter_sink: beam.PTransform | None = None) -> CollectorOutputs:
     """Add the collector to ``p``; ``sink`` replaces WriteToFlexprice (dry runs, benchmarks)
     and ``dead_letter_sink`` the dead-letter files (a dry run prints them instead)."""
+    refuse_literal_secrets(cfg, p.options)
     streaming = is_streaming(p)
     expansion = p.options.view_as(CollectorOptions).kafka_expansion_service
     prism = "prism" in str(p.options.view_as(StandardOptions).runner).lower()

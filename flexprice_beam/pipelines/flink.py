@@ -227,12 +227,18 @@ def preflight(target: FlinkTarget, cfg: CollectorConfig, rest: FlinkRest) -> Non
 
 
 def for_cluster(cfg: CollectorConfig) -> CollectorConfig:
-    """The SDK workers do not run in our working directory: make the dead-letter path absolute."""
-    path = cfg.output.dead_letter.path
-    if "://" in str(path) or os.path.isabs(path):
-        return cfg
-    dead = cfg.output.dead_letter.model_copy(update={"path": os.path.abspath(path)})
-    return cfg.model_copy(update={"output": cfg.output.model_copy(update={"dead_letter": dead})})
+    """The SDK workers do not run in our working directory: make the dead-letter path and
+    the API key file absolute."""
+    out = cfg.output
+    path = out.dead_letter.path
+    if "://" not in str(path) and not os.path.isabs(path):
+        out = out.model_copy(update={"dead_letter": out.dead_letter.model_copy(
+            update={"path": os.path.abspath(path)})})
+    key_file = out.flexprice.api_key_file
+    if key_file is not None and not os.path.isabs(key_file):
+        out = out.model_copy(update={"flexprice": out.flexprice.model_copy(
+            update={"api_key_file": os.path.abspath(key_file)})})
+    return cfg if out is cfg.output else cfg.model_copy(update={"output": out})
 
 
 def submit(cfg: CollectorConfig, args: list[str], rest: FlinkRest, *,

@@ -5,9 +5,9 @@ The Dataflow Flex Template (docker/flex-template) runs this file; it works anywh
 * ``--config`` a YAML file, local or on any Beam filesystem (``gs://bucket/collector.yaml``),
   or ``--config_yaml`` the YAML itself; ``${VAR}`` / ``${VAR:default}`` are expanded from the
   environment as usual.
-* ``--api_key_secret projects/P/secrets/S/versions/V`` reads the Flexprice API key from
-  Secret Manager into ``FLEXPRICE_API_KEY`` first (so the config says
-  ``api_key: ${FLEXPRICE_API_KEY}``) — a template parameter would show the key in the job.
+* ``--api_key_secret projects/P/secrets/S/versions/V`` sets ``output.flexprice.api_key_secret``:
+  the workers read the key from Secret Manager in the sink's setup(), so neither the
+  template parameters nor the job graph hold it.
 * Everything else is a Beam option.  A remote runner (``--runner=DataflowRunner``, also the
   default inside the Flex Template launcher) gets the job submitted and this process exits
   with 0 once it was accepted (``--wait`` waits for the end); unbounded Kafka input turns on
@@ -23,7 +23,13 @@ import os
 import sys
 from pathlib import Path
 
-from flexprice_beam.config import CollectorConfig, ConfigError, load_config_text
+from flexprice_beam.config import (
+    API_KEY_SOURCES,
+    CollectorConfig,
+    ConfigError,
+    FlexpriceOutput,
+    load_config_text,
+)
 
 log = logging.getLogger("flexprice_beam.main")
 
@@ -38,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--config", help="collector YAML: a local path or gs://… (any Beam filesystem)")
     src.add_argument("--config_yaml", help="the collector YAML itself")
     p.add_argument("--api_key_secret",
-                   help="Secret Manager version (projects/P/secrets/S/versions/V) to read "
-                        "FLEXPRICE_API_KEY from")
+                   help="Secret Manager version (projects/P/secrets/S/versions/V) the workers "
+                        "read the Flexprice API key from (replaces the config's key source)")
     p.add_argument("--wait", action="store_true",
                    help="remote runners: wait until the job ends (default: exit once submitted)")
     return p
@@ -54,19 +60,32 @@ def read_text(ref: str) -> str:
     return Path(ref).read_text(encoding="utf-8")
 
 
-def fetch_secret(name: str) -> str:
-    from google.cloud import secretmanager  # apache-beam[gcp]
-
-    client = secretmanager.SecretManagerServiceClient()
-    return client.access_secret_version(name=name).payload.data.decode("utf-8").strip()
+def with_key_secret(cfg: CollectorConfig, name: str) -> CollectorConfig:
+    """The config with ``output.flexprice.api_key_secret = name`` as its only key source."""
+    flex = FlexpriceOutput.model_validate({
+        **cfg.output.flexprice.model_dump(exclude=set(API_KEY_SOURCES)), "api_key_secret": name})
+    return cfg.model_copy(update={"output": cfg.output.model_copy(update={"flexprice": flex})})
 
 
 def load(args: argparse.Namespace) -> CollectorConfig:
-    if args.api_key_secret and not os.environ.get("FLEXPRICE_API_KEY"):
-        os.environ["FLEXPRICE_API_KEY"] = fetch_secret(args.api_key_secret)
     if args.config_yaml is not None:
-        return load_config_text(args.config_yaml, "--config_yaml")
-    return load_config_text(read_text(args.config), args.config)
+        cfg = load_config_text(args.config_yaml, "--config_yaml",
+                               _keyless_env() if args.api_key_secret else None)
+    else:
+        cfg = load_config_text(read_text(args.config), args.config,
+                               _keyless_env() if args.api_key_secret else None)
+    if args.api_key_secret:
+        try:
+            cfg = with_key_secret(cfg, args.api_key_secret)
+        except ValueError as exc:
+            raise ConfigError(f"--api_key_secret: {exc}") from None
+    return cfg
+
+
+def _keyless_env() -> dict[str, str]:
+    """With --api_key_secret the config's own key source is replaced: a placeholder keeps
+    ``api_key: ${FLEXPRICE_API_KEY}`` valid when that variable is not set."""
+    return {"FLEXPRICE_API_KEY": "replaced-by-api-key-secret", **os.environ}
 
 
 def remote_options(cfg: CollectorConfig, beam_args: list[str]):
@@ -77,7 +96,9 @@ def remote_options(cfg: CollectorConfig, beam_args: list[str]):
     std = options.view_as(StandardOptions)
     if std.runner is None and os.environ.get(LAUNCHER_ENV):
         std.runner = "DataflowRunner"
-    if std.runner in (None, "DirectRunner", "direct", "FnApiRunner", "PrismRunner"):
+    from flexprice_beam.pipelines.runner import LOCAL_NAMES
+
+    if std.runner is None or std.runner in (*LOCAL_NAMES, "PrismRunner"):
         return None
     kafka = cfg.input.kafka
     if kafka is not None and not kafka.max_records and not kafka.max_read_time:
@@ -111,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         p = beam.Pipeline(options=options)
         collector.build(p, cfg)
         result = p.run()
+    except ConfigError as exc:  # e.g. a literal secret for a remote runner
+        print(exc, file=sys.stderr)
+        return 2
     finally:
         if expansion is not None:
             expansion.stop()

@@ -33,9 +33,11 @@ from flexprice_beam.pipelines import collector
 
 log = logging.getLogger("flexprice_beam.run")
 
-#: Our local default. Beam's "DirectRunner" would first try Prism, which downloads a binary
-#: at run time; FnApiRunner is the engine DirectRunner itself falls back to for batch jobs.
-LOCAL_ENGINE = "FnApiRunner"
+#: Our local default (collector.LOCAL_ENGINE). Beam's "DirectRunner" would first try Prism,
+#: which downloads a binary at run time; FnApiRunner is the engine DirectRunner itself falls
+#: back to for batch jobs. These names all mean it.
+LOCAL_ENGINE = collector.LOCAL_ENGINE
+LOCAL_NAMES = (LOCAL_ENGINE, "FnApiRunner", "DirectRunner", "direct")
 
 
 @dataclass
@@ -143,7 +145,7 @@ def runs_in_process(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
     mode = options.view_as(DirectOptions).direct_running_mode
     name = runner if isinstance(runner, str) else type(runner).__name__
-    return name in (LOCAL_ENGINE, "DirectRunner", "direct", "SwitchingDirectRunner", "PrismRunner") and \
+    return name in (*LOCAL_NAMES, "SwitchingDirectRunner", "PrismRunner") and \
         mode in (None, "in_memory", "multi_threading")
 
 
@@ -178,7 +180,7 @@ def pipeline_options(beam_args: list[str], cfg: CollectorConfig | None = None
         std.streaming = True
         prism = options.view_as(PrismRunnerOptions)
         prism.prism_location = prism.prism_location or find_prism()
-    elif std.runner in (None, "DirectRunner", "direct"):
+    elif std.runner is None or std.runner in LOCAL_NAMES:
         std.runner = LOCAL_ENGINE
     return options
 
