@@ -76,9 +76,11 @@ def broker():
     return ensure_broker()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def expansion(broker):
-    """One expansion service JVM per module, shared with CLI subprocesses via the env."""
+    """One expansion service JVM per test, shared with its CLI subprocesses via the env.
+    Per test, not per module: Beam 2.62's loopback Java worker serves one pipeline run (the
+    next one's worker fails with RejectedExecutionException and the run waits forever)."""
     import os
 
     from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService

@@ -44,9 +44,9 @@ KAFKA_SH = ROOT / "scripts" / "kafka.sh"
 PARTITIONS = 3
 
 
-def _sh(*cmd, timeout=600, check=True) -> subprocess.CompletedProcess:
+def _sh(*cmd, timeout=600, check=True, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, check=check)
+                          timeout=timeout, check=check, env=env)
 
 
 def _exports(script: Path) -> dict[str, str]:
@@ -66,7 +66,8 @@ def cluster():
     try:
         _sh(KAFKA_SH, "start")
         _sh(KAFKA_SH, "wait")
-        _sh(FLINK_SH, "start")
+        # the job server and TaskManagers resolve ${env:KAFKA_SASL_PASSWORD} (sasl.password_env)
+        _sh(FLINK_SH, "start", env={**os.environ, **_exports(KAFKA_SH)})
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"{exc.cmd} failed:\n{exc.stdout}\n{exc.stderr}")
     env = {**_exports(KAFKA_SH), **_exports(FLINK_SH)}

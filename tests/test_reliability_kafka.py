@@ -51,8 +51,10 @@ def test_kafka_input_under_a_fault_mix(broker, expansion, mock_api, tmp_path):
            offsets_committed=len(values), **figures)
 
 
-def test_kafka_sigterm_mid_run_exits_now_and_restart_reads_again(broker, expansion, mock_api,
+def test_kafka_sigterm_mid_run_exits_now_and_restart_reads_again(broker, mock_api,
                                                                   tmp_path):
+    # no shared `expansion` fixture: each CLI run starts its own JVM (a Beam 2.62 loopback
+    # Java worker serves one run)
     n = 1500
     topic = new_topic()
     metas = produce(topic, [good(i) for i in range(n)])

@@ -10,6 +10,10 @@ Three ways, in order:
    the read runs in that JVM: no Docker.  It lives as long as the run, and dies with this
    process even on SIGKILL (PR_SET_PDEATHSIG), so no orphan JVM keeps reading.
 
+With Beam 2.62 a loopback Java worker serves ONE pipeline run: a second run through the
+same JVM hangs (its Java worker fails to start with RejectedExecutionException), so (2)
+starts a fresh JVM per run, and a service given in (1) for local runs must be too.
+
 Beam's own ``BeamJarExpansionService`` stops its service right after expansion when the
 pipeline is not run inside a ``with`` block, which would take the loopback worker away.
 """
