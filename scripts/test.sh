@@ -25,8 +25,11 @@ if [ -z "${SKIP_SERVICES:-}" ]; then
     scripts/kafka.sh wait
     eval "$(scripts/kafka.sh env)"
   fi
+  [ -x scripts/prometheus.sh ] && scripts/prometheus.sh install   # promtool (Debian's prometheus)
   if [ -x scripts/flink.sh ]; then
     scripts/flink.sh install
+    # started after `kafka.sh env`: the job server and TaskManagers resolve
+    # ${env:KAFKA_SASL_PASSWORD} for sasl.password_env jobs (docs/runners.md, "Secrets")
     scripts/flink.sh start
     eval "$(scripts/flink.sh env)"
   fi

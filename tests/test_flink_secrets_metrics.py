@@ -85,11 +85,12 @@ def collector_counters(texts: dict[str, str], job_name: str) -> dict[str, float]
 
 def _promtool_check(text: str) -> None:
     promtool = shutil.which("promtool")
-    assert promtool, "promtool (Debian's prometheus package) is installed by scripts/prometheus.sh"
+    assert promtool, "promtool (Debian's prometheus package): scripts/prometheus.sh install"
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=60)
     # promtool exits 1 for lint findings (e.g. counters not ending in _total); parse errors
     # are reported as "error while linting" and fail the check.
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 3: not parseable
     assert "error while linting" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
 
 
@@ -123,6 +124,7 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
             "`eval \"$(scripts/kafka.sh env)\"` first; scripts/test.sh does)")
     key = f"fpk_{uuid.uuid4().hex}"
     mock = MockFlexprice(api_key=key).start()
+    mock.set_faults(latency_ms=20)  # so the latency distribution has a visible sum
     key_file = tmp_path / "flexprice-api-key"
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
@@ -174,8 +176,6 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
         produce(good=100, bad=5)
         _wait("wave 1 delivered", lambda: len(_delivered(mock, topic)) >= 100, 180)
         ports = cluster["FLINK_PROMETHEUS_PORTS"]
-        Path("/tmp/wt14-metric-names.txt").write_text("\n".join(
-            line for t in scrape_all(ports).values() for line in t.splitlines() if "flexprice_" in line))
         first = _wait("the collector's counters on a TaskManager reporter", lambda: (
             c if (c := collector_counters(scrape_all(ports), job_name)).get("events_accepted", 0)
             >= 100 and c.get("events_dead_lettered", 0) >= 5 else None), 60, every=2)
@@ -188,6 +188,9 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
             >= first["events_dead_lettered"] + 7 else None), 60, every=2)
         print(f"\nTaskManager counters: first {first}\nsecond {second}")
         assert second["events_accepted"] == 250 and second["events_dead_lettered"] == 12
+        # the request-latency distribution, as the sum/count pair a reporter can export
+        assert second["request_latency_ms_count"] == second["requests_sent"] >= 2
+        assert second["request_latency_ms_sum"] >= 20 * second["request_latency_ms_count"]
         assert mock.stats()["events_stored"] >= 250
         texts = scrape_all(ports)
         tm_texts = [t for t in texts.values() if "flink_taskmanager_" in t]

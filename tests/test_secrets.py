@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from types import SimpleNamespace
 
@@ -261,3 +262,38 @@ output:
     # the reference is there instead: the Java read resolves it on the worker
     assert _scan({k: blobs[k] for k in reads}, ["${env:KAFKA_SASL_PASSWORD}"])
     assert DATAFLOW_ARGS[0] == "--runner=DataflowRunner"
+
+
+@pytest.mark.kafka
+def test_a_local_sasl_ssl_run_reads_the_password_from_the_environment(broker, expansion, mock_api,
+                                                                     tmp_path, monkeypatch):
+    """SCRAM over SASL_SSL with ``password_env``: the Java read (the expansion service's
+    loopback worker) resolves ``${env:…}``; the offset commit (kafka-python) reads it too."""
+    from tests.kafka_helpers import committed, good, new_topic, produce
+
+    topic = new_topic()
+    produce(topic, [good(i) for i in range(30)])
+    # the expansion service JVM was started with this process's environment (conftest)
+    assert broker["KAFKA_SASL_PASSWORD"] == os.environ.get("KAFKA_SASL_PASSWORD"), \
+        "run with `eval \"$(scripts/kafka.sh env)\"` (scripts/test.sh does)"
+    cfg = make_config(mock_api, tmp_path, input_={"kafka": {
+        "addresses": [broker["KAFKA_BOOTSTRAP_SASL_SSL"]], "topics": [topic],
+        "consumer_group": f"g-{topic}", "max_records": 30, "max_read_time": "60s",
+        "sasl": {"mechanism": "SCRAM-SHA-512", "user": broker["KAFKA_SASL_USERNAME"],
+                 "password_env": "KAFKA_SASL_PASSWORD"},
+        "tls": {"enabled": True, "ca_file": broker["KAFKA_CA_PEM"]}}})
+    summary = run(cfg)
+    assert summary.ok and summary.accepted == 30, summary.render()
+    assert sum(committed(f"g-{topic}", topic).values()) == 30
+
+
+def test_a_local_run_with_an_unset_key_variable_fails_before_starting(mock_api, tmp_path,
+                                                                      monkeypatch):
+    cfg = make_config(mock_api, tmp_path, count=5)
+    flex = cfg.output.flexprice.model_copy(update={"api_key": None, "api_key_env": "FP_UNSET_K"})
+    cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"flexprice": flex})})
+    monkeypatch.delenv("FP_UNSET_K", raising=False)
+    summary = run(cfg)
+    assert summary.error == ("output.flexprice.api_key_env (FP_UNSET_K): environment variable "
+                             "FP_UNSET_K is not set on this worker")
+    assert mock_api.events() == []

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from flexprice_beam.config import CollectorConfig, KafkaInput
 from flexprice_beam.events import Record
 from flexprice_beam.io.client import Answer, FlexpriceClient, Kind
+from flexprice_beam.io.secrets import SecretError
 from flexprice_beam.transforms.mapping import FILTERED, Mapper, MappingError
 from flexprice_beam.transforms.validate import InvalidEvent, prepare
 
@@ -268,7 +269,11 @@ def _check_customers(report: CheckReport, client: FlexpriceClient, events: list[
 def run_check(cfg: CollectorConfig, sample: int = 100, timeout: float = 10.0) -> CheckReport:
     """Everything above, in order; stops early when the API or the input is unusable."""
     report = CheckReport()
-    client = FlexpriceClient(cfg.output.flexprice)
+    try:
+        client = FlexpriceClient(cfg.output.flexprice)
+    except SecretError as exc:  # e.g. api_key_env names a variable that is not set here
+        report.add(ERROR, "api", "api_key", str(exc))
+        return report
     try:
         meters = _api(report, client)
         if meters is None:

@@ -162,12 +162,20 @@ class Counter:
 
 
 class Distribution:
+    """A Beam distribution, plus ``<name>_sum`` / ``<name>_count`` Beam counters: Flink's
+    metric reporters (Prometheus) export a Beam distribution as a non-numeric gauge (0), the
+    counters as numbers, so rates and means survive there (docs/runners.md, "Metrics")."""
+
     def __init__(self, name: str):
         self.name = name
         self._beam = Metrics.distribution(NAMESPACE, name)
+        self._sum = Metrics.counter(NAMESPACE, f"{name}_sum")
+        self._count = Metrics.counter(NAMESPACE, f"{name}_count")
 
     def update(self, value: int) -> None:
         self._beam.update(value)
+        self._sum.inc(value)
+        self._count.inc()
         LIVE.observe(self.name, value)
 
 

@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import (
 from flexprice_beam.config import CollectorConfig
 from flexprice_beam.io.client import FlexpriceAuthError
 from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService
+from flexprice_beam.io.secrets import SecretError, resolve_api_key
 from flexprice_beam.ops import live
 from flexprice_beam.ops.metrics_server import MetricsServer
 from flexprice_beam.ops.progress import Progress
@@ -241,6 +242,12 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
     """
     options = pipeline_options(list(beam_args or []), cfg)
     started = time.monotonic()
+    if sink is None and runs_in_process(options):
+        try:  # the workers are this process: a missing key source fails here, plainly
+            resolve_api_key(cfg.output.flexprice)
+        except SecretError as exc:
+            log.error("Pipeline not started: %s", exc)
+            return RunSummary(state="FAILED", error=str(exc))
     expansion = _kafka_expansion(cfg, options)
     p = beam.Pipeline(options=options)
     collector.build(p, cfg, sink=sink, dead_letter_sink=dead_letter_sink)
