@@ -1,6 +1,8 @@
 """Find a secret anywhere in what a runner holds: raw bytes, base64 (standard and URL-safe),
-zlib/gzip/bz2 streams at any offset (a pickled DoFn sits compressed inside a protobuf), and
-whatever those decode to, recursively (docs/reliability.md, "job-graph secrets")."""
+zlib/gzip/bz2 streams at any offset (a pickled Python DoFn sits compressed inside a
+protobuf), Snappy streams (a serialized Java DoFn: xerial's "\\x82SNAPPY" framing, read with
+pyarrow's codec), and whatever those decode to, recursively (docs/reliability.md,
+"Job-graph secrets")."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 _B64 = re.compile(rb"[A-Za-z0-9+/_-]{16,}={0,2}")
 _ZLIB_HEADS = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
+_SNAPPY_MAGIC = b"\x82SNAPPY\x00"
 MAX_DEPTH = 4
 
 
@@ -42,6 +45,38 @@ def _bz2_streams(blob: bytes):
         start = blob.find(b"BZh", start + 1)
 
 
+def _varint(data: bytes) -> int:
+    value = shift = 0
+    for b in data[:5]:
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value
+        shift += 7
+    raise ValueError("bad varint")
+
+
+def _snappy_streams(blob: bytes):
+    import pyarrow
+
+    codec = pyarrow.Codec("snappy")
+    start = blob.find(_SNAPPY_MAGIC)
+    while start != -1:
+        pos, out = start + 16, []  # magic, version, compatible version
+        try:
+            while pos + 4 <= len(blob):
+                size = int.from_bytes(blob[pos:pos + 4], "big")
+                chunk = blob[pos + 4:pos + 4 + size]
+                if size == 0 or len(chunk) < size:
+                    break
+                out.append(codec.decompress(chunk, decompressed_size=_varint(chunk), asbytes=True))
+                pos += 4 + size
+        except (ValueError, OSError, pyarrow.ArrowException):
+            pass
+        if out:
+            yield f"snappy@{start}", b"".join(out)
+        start = blob.find(_SNAPPY_MAGIC, start + 1)
+
+
 def _base64_runs(blob: bytes):
     for m in _B64.finditer(blob):
         run = m.group(0)
@@ -59,7 +94,8 @@ def find(blob: bytes, secrets: list[bytes], where: str = "", depth: int = 0) -> 
     hits = [f"{where or 'raw'}: {s.decode()!r}" for s in secrets if s in blob]
     if depth >= MAX_DEPTH or hits:
         return hits
-    for name, out in (*_zlib_streams(blob), *_bz2_streams(blob), *_base64_runs(blob)):
+    for name, out in (*_zlib_streams(blob), *_bz2_streams(blob), *_snappy_streams(blob),
+                      *_base64_runs(blob)):
         hits += find(out, secrets, f"{where}/{name}" if where else name, depth + 1)
     return hits
 

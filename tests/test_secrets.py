@@ -297,3 +297,50 @@ def test_a_local_run_with_an_unset_key_variable_fails_before_starting(mock_api, 
     assert summary.error == ("output.flexprice.api_key_env (FP_UNSET_K): environment variable "
                              "FP_UNSET_K is not set on this worker")
     assert mock_api.events() == []
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_the_search_finds_a_literal_password_in_the_java_read(broker, expansion):
+    """The positive control for Java payloads: a literal SASL password (allowed locally) is
+    in the expanded KafkaIO DoFns (Java-serialized, Snappy-compressed); the search finds it."""
+    password = f"pw_literal_{uuid.uuid4().hex}"
+    cfg = load_config_text(f"""
+input:
+  kafka:
+    addresses: ["{broker['KAFKA_BOOTSTRAP_SASL_SSL']}"]
+    topics: [t]
+    sasl: {{mechanism: SCRAM-SHA-512, user: flexprice, password: {password}}}
+output:
+  flexprice: {{api_host: {HOST}, api_key_env: FLEXPRICE_API_KEY}}
+""")
+    p = beam.Pipeline(options=pipeline_options(["--streaming",
+                                                f"--kafka_expansion_service={expansion}"]))
+    collector.build(p, cfg)
+    comps = p.to_runner_api().components
+    java = {f"transform:{t.unique_name}": t.spec.payload for t in comps.transforms.values()
+            if "KafkaIO" in t.unique_name}
+    assert _scan(java, [password])
+    # and inside the Snappy-compressed Java DoFns (the other payloads of the read)
+    decoded = [out for blob in java.values() for _, out in secret_scan._snappy_streams(blob)]
+    assert decoded and any(b"org.apache.beam.sdk.io.kafka" in d for d in decoded)
+
+
+def test_the_search_reads_every_encoding_nested():
+    import base64
+    import bz2
+    import zlib
+
+    import pyarrow
+
+    secret = b"s3cr3t-value-123"
+    raw = b"prefix " + secret
+    snappy = pyarrow.Codec("snappy").compress(raw, asbytes=True)
+    framed = b"\x82SNAPPY\x00" + (1).to_bytes(4, "big") * 2 + len(snappy).to_bytes(4, "big") + snappy
+    # (Snappy keeps a first occurrence literal, so check its decoder directly)
+    assert [out for _, out in secret_scan._snappy_streams(b"junk" + framed + b"tail")] == [raw]
+    for blob, via in ((b"\x0a\x03abc" + zlib.compress(raw), "zlib"), (bz2.compress(raw), "bz2"),
+                      (base64.b64encode(zlib.compress(base64.b64encode(raw))), "b64/zlib")):
+        hits = secret_scan.find(blob, [secret])
+        assert hits and via.split("/")[0] in hits[0], (via, hits)
+    assert secret_scan.find(zlib.compress(b"nothing here"), [secret]) == []

@@ -42,9 +42,12 @@ class CollectorOptions(PipelineOptions):
 
 #: Our local engine, by its full path: Beam 2.62 does not know the short name "FnApiRunner".
 LOCAL_ENGINE = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+#: Prism for local streaming (pipelines/prism.py: takes the expansion service's AnyOf env).
+LOCAL_PRISM = "flexprice_beam.pipelines.prism.LocalPrismRunner"
 #: Runners that run the job in or beside this process: a literal secret never leaves it.
 LOCAL_RUNNERS = (LOCAL_ENGINE, "FnApiRunner", "DirectRunner", "direct", "SwitchingDirectRunner",
-                 "BundleBasedDirectRunner", "TestDirectRunner", "PrismRunner")
+                 "BundleBasedDirectRunner", "TestDirectRunner", "PrismRunner", LOCAL_PRISM,
+                 "LocalPrismRunner")
 
 _USE_INSTEAD = {
     "output.flexprice.api_key": "api_key_env: FLEXPRICE_API_KEY (a variable set on the workers), "

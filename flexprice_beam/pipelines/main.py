@@ -96,9 +96,9 @@ def remote_options(cfg: CollectorConfig, beam_args: list[str]):
     std = options.view_as(StandardOptions)
     if std.runner is None and os.environ.get(LAUNCHER_ENV):
         std.runner = "DataflowRunner"
-    from flexprice_beam.pipelines.runner import LOCAL_NAMES
+    from flexprice_beam.pipelines.collector import LOCAL_RUNNERS
 
-    if std.runner is None or std.runner in (*LOCAL_NAMES, "PrismRunner"):
+    if std.runner is None or std.runner in LOCAL_RUNNERS:
         return None
     kafka = cfg.input.kafka
     if kafka is not None and not kafka.max_records and not kafka.max_read_time:

@@ -146,7 +146,8 @@ def runs_in_process(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
     mode = options.view_as(DirectOptions).direct_running_mode
     name = runner if isinstance(runner, str) else type(runner).__name__
-    return name in (*LOCAL_NAMES, "SwitchingDirectRunner", "PrismRunner") and \
+    return name in (*LOCAL_NAMES, "SwitchingDirectRunner", "PrismRunner", collector.LOCAL_PRISM,
+                    "LocalPrismRunner") and \
         mode in (None, "in_memory", "multi_threading")
 
 
@@ -177,10 +178,12 @@ def pipeline_options(beam_args: list[str], cfg: CollectorConfig | None = None
     kafka = cfg.input.kafka if cfg is not None else None
     unbounded_kafka = kafka is not None and not kafka.max_records and not kafka.max_read_time
     if std.runner is None and unbounded_kafka:
-        std.runner = "PrismRunner"
+        std.runner = collector.LOCAL_PRISM
         std.streaming = True
         prism = options.view_as(PrismRunnerOptions)
         prism.prism_location = prism.prism_location or find_prism()
+    elif std.runner == "PrismRunner":
+        std.runner = collector.LOCAL_PRISM
     elif std.runner is None or std.runner in LOCAL_NAMES:
         std.runner = LOCAL_ENGINE
     return options
