@@ -45,6 +45,10 @@ def test_dead_letter_path_becomes_absolute_for_the_workers(mock_api, tmp_path, m
         "dead_letter": cfg.output.dead_letter.model_copy(update={"path": "./dl"})})})
     assert flink.for_cluster(rel).output.dead_letter.path == str(tmp_path / "dl")
     assert flink.for_cluster(cfg) is cfg
+    keyed = cfg.model_copy(update={"output": cfg.output.model_copy(update={
+        "flexprice": cfg.output.flexprice.model_copy(update={"api_key": None,
+                                                             "api_key_file": "key.txt"})})})
+    assert flink.for_cluster(keyed).output.flexprice.api_key_file == str(tmp_path / "key.txt")
 
 
 def _closed_port() -> int:

@@ -172,16 +172,21 @@ def test_a_key_with_a_stray_newline_is_trimmed_not_leaked():
 
 
 def test_transport_errors_never_quote_the_key():
-    """requests quotes a header value it cannot send; the client masks the key (belt and
-    braces: the config already refuses such keys)."""
+    """The HTTP stack quotes a header value it cannot send; such a key never reaches it (belt
+    and braces: the config already refuses it). The client resolves the key through
+    io/secrets.py, which strips it and refuses what a header cannot carry, unquoted."""
     from flexprice_beam.config import FlexpriceOutput
     from flexprice_beam.io.client import FlexpriceClient
+    from flexprice_beam.io.secrets import SecretError
 
     good = FlexpriceOutput(api_host="127.0.0.1:9", api_key="k", scheme="http", timeout="1s")
-    raw = FlexpriceOutput.model_construct(**{**good.__dict__, "api_key": SecretStr(" fp_bad\n")})
-    answer = FlexpriceClient(raw).post_bulk([b"{}"])
-    assert answer.status is None and "InvalidHeader" in answer.error
-    assert "fp_bad" not in answer.error and "***" in answer.error
+    padded = FlexpriceOutput.model_construct(**{**good.__dict__, "api_key": SecretStr(" fp_ok\n")})
+    answer = FlexpriceClient(padded).post_bulk([b"{}"])
+    assert answer.status is None and "refused" in answer.error and "fp_ok" not in answer.error
+    bad = FlexpriceOutput.model_construct(**{**good.__dict__, "api_key": SecretStr("fp\x01bad")})
+    with pytest.raises(SecretError, match="control or non-ASCII") as err:
+        FlexpriceClient(bad)
+    assert "fp\x01bad" not in str(err.value) and "bad" not in str(err.value)
 
 
 def test_the_key_is_in_no_pipeline_option_or_plain_graph_text():
