@@ -14,13 +14,13 @@ How it runs offline:
   * The expansion service is ``java -jar <launcher>``; the launcher jar
     (written by ``scripts/kafka.sh install``) has Main-Class
     org.apache.beam.sdk.expansion.service.ExpansionService and a Class-Path of
-    Beam 2.73 Java jars from Maven Central. Nothing is downloaded at run time.
+    Beam Java jars (the repo's BEAM_VERSION) from Maven Central. Nothing is downloaded at run time.
   * ``with beam.Pipeline(...)`` caches the expansion service subprocess, so
     JavaJarExpansionService starts it with ``--alsoStartLoopbackWorker``: the
     Java transforms get an EXTERNAL environment served by a worker pool inside
     the expansion service JVM (no Docker).
   * The DirectRunner never picks Prism for pipelines with external transforms
-    in 2.77 (it would download a prism binary); it runs them on the FnApiRunner,
+    (it would download a prism binary); it runs them on the FnApiRunner,
     which starts the Java SDK harness through that worker pool.
 
 Unbounded mode (--unbounded): no max_num_records, --streaming on the
@@ -169,7 +169,7 @@ def expansion_service(kind):
         # where scripts/kafka.sh install also puts the launcher.
         return None
     # An already running service, e.g.
-    #   java -jar .cache/jars/beam-sdks-java-io-expansion-service-2.77.0.jar \
+    #   java -jar .cache/jars/beam-sdks-java-io-expansion-service-$(cat BEAM_VERSION).jar \
     #        18097 --alsoStartLoopbackWorker
     return kind
 
@@ -320,7 +320,8 @@ def run_unbounded(listener, args):
     }
     options = PipelineOptions(
         [
-            "--runner=PrismRunner",
+            # Prism that accepts the expansion service's AnyOf environment (Beam 2.62)
+            "--runner=flexprice_beam.pipelines.prism.LocalPrismRunner",
             f"--prism_location={prism}",
             "--streaming",
         ]
