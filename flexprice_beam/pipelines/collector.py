@@ -58,7 +58,7 @@ _USE_INSTEAD = {
 }
 
 
-def runner_name(options: PipelineOptions) -> str:
+def runner_name(options: PipelineOptions) -> str | None:
     runner = options.view_as(StandardOptions).runner
     return runner if isinstance(runner, str) or runner is None else type(runner).__name__
 
