@@ -49,6 +49,10 @@ def read_records(cfg: CollectorConfig, streaming: bool, expansion_service: str |
     """The configured source as a PTransform PBegin → PCollection[list[Record]]."""
     if cfg.input.generate is not None:
         return GenerateEvents(cfg.input.generate)
+    if cfg.input.kafka.bounded and not streaming:
+        from flexprice_beam.io.kafka_range import ReadKafkaRange
+
+        return ReadKafkaRange(cfg.input.kafka)  # a range fixed at the start, then the end
     from flexprice_beam.io.kafka import ReadKafkaRecords  # Java expansion only when used
 
     # Streaming runners commit offsets when a checkpoint that covers delivery completes;
@@ -88,9 +92,9 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     dead_letters = tuple(dead) | "CollectDeadLetters" >> beam.Flatten()
     written = dead_letters | "WriteDeadLetters" >> (
         dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter.path))
-    if cfg.input.kafka is not None and deliveries is not None and not streaming:
+    kafka = cfg.input.kafka
+    if kafka is not None and kafka.commit_offsets and deliveries is not None and not streaming:
         from flexprice_beam.io.kafka import CommitDeliveredOffsets
 
-        (deliveries, written) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
-            cfg.input.kafka)
+        (deliveries, written) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(kafka)
     return CollectorOutputs(deliveries, dead_letters)

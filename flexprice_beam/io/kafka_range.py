@@ -1,0 +1,305 @@
+"""Bounded Kafka input: read a fixed offset range per partition, then end.
+
+Why not ``ReadFromKafka`` with ``max_num_records``/``max_read_time``: Java's
+``BoundedReadFromUnboundedSource`` splits the record budget across its readers and waits
+on them with back-off, so on DirectRunner it stalled on uneven partitions (issue 12).
+Here the range is resolved once, when the run starts, from the broker's own offsets:
+
+* start, per partition: ``start_offsets`` › ``start_time`` (the time index) › the consumer
+  group's committed offset › the oldest (``start_from_oldest``) or the end;
+* stop: ``stop_offsets`` › ``stop_time`` › the end offset seen at the start, and never
+  past that end, so a run never waits for records that do not exist yet;
+* ``max_records`` then shares N over the partitions (equal shares, the rest to the
+  partitions that have more), ``max_read_time`` ends reading at a wall-clock deadline.
+
+Each partition's range is one element of a splittable DoFn with an ``OffsetRange``
+restriction, so a runner can split it; the reader (kafka-python) emits lists of
+``Record`` built by ``io.kafka.decode``: the same ``kafka-<topic>-<partition>-<offset>``
+id and record timestamp as the streaming read, hence byte-identical events on a
+re-read or backfill.  Offsets are committed by ``CommitDeliveredOffsets`` after delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
+
+from flexprice_beam.config import KafkaInput, partition_key
+from flexprice_beam.events import Record, parse_timestamp
+from flexprice_beam.io.kafka import decode, python_client_config
+
+log = logging.getLogger("flexprice_beam.kafka")
+
+#: with no record arriving for this long while the range is not finished, fail the run
+#: (broker gone, records deleted under us) instead of hanging
+IDLE_TIMEOUT_S = 120.0
+#: fetch sizes: the defaults (1 MiB per partition) mean one round trip per ~8k records
+FETCH = {"max_partition_fetch_bytes": 16 * 1024 * 1024, "fetch_max_bytes": 64 * 1024 * 1024,
+         "fetch_max_wait_ms": 100}
+
+
+#: records per poll: polls return from the fetched buffer, fewer calls cost less
+POLL_RECORDS = 10_000
+
+
+class KafkaReadError(RuntimeError):
+    """The broker refused or lost us; the message says which setting to check."""
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """Offsets ``[start, stop)`` of one partition, plus the record-time filter, if any."""
+
+    topic: str
+    partition: int
+    start: int
+    stop: int
+    #: half-open record-time window in ms (start_time/stop_time); None = no filter
+    min_ms: int | None = None
+    max_ms: int | None = None
+    #: wall-clock end of reading (time.time()), from max_read_time
+    deadline: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.topic}/{self.partition}"
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def _ms(value: str | None) -> int | None:
+    return None if value is None else int(parse_timestamp(value).timestamp() * 1000)
+
+
+def share(sizes: list[int], total: int) -> list[int]:
+    """Split ``total`` over partitions holding ``sizes`` records: equal shares, and what a
+    small partition cannot take goes to the larger ones (deterministic, never > size)."""
+    out = [0] * len(sizes)
+    left = total
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
+    for k, i in enumerate(order):
+        take = min(sizes[i], left // (len(order) - k))
+        out[i] = take
+        left -= take
+    return out
+
+
+def _consumer(cfg: KafkaInput, group: bool = False):
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaConsumer(group_id=cfg.consumer_group if group else None,
+                             enable_auto_commit=False, auto_offset_reset="earliest",
+                             **FETCH, **python_client_config(cfg))
+    except KafkaError as exc:
+        raise KafkaReadError(explain(exc, cfg)) from None
+
+
+def explain(exc: BaseException, cfg: KafkaInput) -> str:
+    """kafka-python's error, said plainly with the config key to check."""
+    name = type(exc).__name__
+    text = f"Kafka ({','.join(cfg.addresses)}): {name}: {exc}"
+    if "Authentication" in name or "authentication" in str(exc).lower():
+        return text + " — check input.kafka.sasl.user / password and mechanism"
+    if "SSL" in name or "certificate" in str(exc).lower():
+        return text + " — check input.kafka.tls.ca_file"
+    if name == "NoBrokersAvailable":
+        return text + (" — check input.kafka.addresses, and tls/sasl: the listener may "
+                       "expect another protocol, or refuse our credentials or certificate")
+    return text
+
+
+def resolve(cfg: KafkaInput, now: float | None = None) -> list[PartitionRange]:
+    """The run's range, per partition, from the broker's offsets at this moment."""
+    from kafka import TopicPartition
+    from kafka.errors import KafkaError
+
+    now = time.time() if now is None else now
+    consumer = _consumer(cfg, group=True)
+    try:
+        parts = []
+        for topic in cfg.topics:
+            found = consumer.partitions_for_topic(topic)
+            if not found:
+                raise KafkaReadError(f"Kafka: topic {topic!r} does not exist "
+                                     "(input.kafka.topics)")
+            parts += [TopicPartition(topic, p) for p in sorted(found)]
+        begin = consumer.beginning_offsets(parts)
+        end = consumer.end_offsets(parts)
+        starts = _by_time(consumer, parts, cfg.start_time, end)
+        stops = _by_time(consumer, parts, cfg.stop_time, end)
+        ranges = []
+        for tp in parts:
+            key = f"{tp.topic}/{tp.partition}"
+            start = cfg.start_offsets.get(key)
+            if start is None:
+                start = starts.get(tp)
+            if start is None:
+                start = consumer.committed(tp)
+            if start is None:
+                start = begin[tp] if cfg.start_from_oldest else end[tp]
+            stop = cfg.stop_offsets.get(key, stops.get(tp, end[tp]))
+            if stop > end[tp]:
+                log.warning("Kafka %s: stop offset %d is past the end (%d) seen at the start; "
+                            "reading to %d", key, stop, end[tp], end[tp])
+            if start < begin[tp]:
+                log.warning("Kafka %s: offsets %d..%d are gone (retention); reading from %d",
+                            key, start, begin[tp] - 1, begin[tp])
+            stop = min(stop, end[tp])
+            start = min(max(start, begin[tp]), stop)
+            ranges.append(PartitionRange(tp.topic, tp.partition, start, stop))
+    except KafkaError as exc:
+        raise KafkaReadError(explain(exc, cfg)) from None
+    finally:
+        consumer.close()
+    if cfg.max_records:
+        taken = share([r.size for r in ranges], cfg.max_records)
+        ranges = [PartitionRange(r.topic, r.partition, r.start, r.start + n)
+                  for r, n in zip(ranges, taken, strict=True)]
+    deadline = now + cfg.max_read_time if cfg.max_read_time else None
+    lo, hi = _ms(cfg.start_time), _ms(cfg.stop_time)
+    ranges = [PartitionRange(r.topic, r.partition, r.start, r.stop, lo, hi, deadline)
+              for r in ranges]
+    log.info("Kafka range (group %s): %s", cfg.consumer_group,
+             ", ".join(f"{r.name} [{r.start}, {r.stop})" for r in ranges))
+    return ranges
+
+
+def _by_time(consumer, parts, when: str | None, end: dict) -> dict:
+    """Per partition, the first offset whose record time is ≥ ``when`` (the end if none)."""
+    if when is None:
+        return {}
+    ms = _ms(when)
+    found = consumer.offsets_for_times({tp: ms for tp in parts})
+    return {tp: (hit.offset if hit is not None else end[tp]) for tp, hit in found.items()}
+
+
+def parse_offsets(text: str) -> dict[str, int]:
+    """``"events/0=10,events/1=0"`` (the backfill flags) → ``{"events/0": 10, ...}``."""
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, offset = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r}: expected topic/partition=offset")
+        partition_key(name)  # raises on a malformed partition
+        out[name] = int(offset)
+    return out
+
+
+class _RangeProvider(RestrictionProvider):
+    def initial_restriction(self, element: PartitionRange) -> OffsetRange:
+        return OffsetRange(element.start, element.stop)
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element: PartitionRange, restriction: OffsetRange) -> int:
+        return restriction.size()
+
+
+class _ReadRangeFn(beam.DoFn):
+    """One partition range → list[Record] batches of up to ``batch_size``."""
+
+    def __init__(self, cfg: KafkaInput):
+        self._cfg = cfg
+        self._read = Metrics.counter("flexprice", "records_read")
+        self._bad = Metrics.counter("flexprice", "records_undecodable")
+
+    def setup(self) -> None:
+        self._consumer = _consumer(self._cfg)
+
+    def teardown(self) -> None:
+        consumer = getattr(self, "_consumer", None)
+        if consumer is not None:
+            consumer.close()
+
+    def process(self, element: PartitionRange,
+                tracker=beam.DoFn.RestrictionParam(_RangeProvider())) -> Iterable[list[Record]]:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        tp = TopicPartition(element.topic, element.partition)
+        restriction = tracker.current_restriction()
+        if restriction.start >= restriction.stop:
+            return
+        cfg, consumer = self._cfg, self._consumer
+        size, max_bytes = cfg.batch_size, cfg.max_record_bytes
+        lo, hi = element.min_ms, element.max_ms
+        consumer.assign([tp])
+        consumer.seek(tp, restriction.start)
+        batch: list[Record] = []
+        idle_since = time.monotonic()
+        stop = restriction.stop
+        try:
+            while True:
+                if element.deadline is not None and time.time() >= element.deadline:
+                    log.info("Kafka %s: max_read_time reached at offset %d of [%d, %d)",
+                             element.name, consumer.position(tp), restriction.start, stop)
+                    break
+                polled = consumer.poll(timeout_ms=200, max_records=POLL_RECORDS).get(tp, ())
+                if not polled:
+                    if consumer.position(tp) >= tracker.current_restriction().stop:
+                        break  # only gaps (compaction, transaction markers) were left
+                    if time.monotonic() - idle_since > IDLE_TIMEOUT_S:
+                        raise KafkaReadError(
+                            f"Kafka {element.name}: no record for {IDLE_TIMEOUT_S:.0f}s at "
+                            f"offset {consumer.position(tp)} before the range end {stop}")
+                    continue
+                idle_since = time.monotonic()
+                for m in polled:
+                    if not tracker.try_claim(m.offset):
+                        if batch:
+                            self._read.inc(len(batch))
+                            yield batch
+                        return  # the rest belongs to another restriction (split) or none
+                    if (lo is not None and m.timestamp < lo) or (hi is not None and m.timestamp >= hi):
+                        continue  # outside the record-time window: not part of the range
+                    r = decode(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
+                               max_bytes)
+                    if r.error:
+                        self._bad.inc()
+                    batch.append(r)
+                    if len(batch) >= size:
+                        self._read.inc(len(batch))
+                        yield batch
+                        batch = []
+        except KafkaError as exc:
+            raise KafkaReadError(explain(exc, cfg)) from None
+        # Claiming the end marks the restriction done: past the last record, or the
+        # remainder that max_read_time cut off (never committed, so a re-run reads it).
+        tracker.try_claim(tracker.current_restriction().stop)
+        if batch:
+            self._read.inc(len(batch))
+            yield batch
+
+
+class ReadKafkaRange(beam.PTransform):
+    """PBegin → PCollection[list[Record]]: the configured range, then the end of input."""
+
+    def __init__(self, cfg: KafkaInput):
+        super().__init__()
+        self._cfg = cfg
+
+    def expand(self, pbegin):
+        cfg = self._cfg
+        return (pbegin
+                | "Impulse" >> beam.Impulse()
+                | "ResolveRange" >> beam.FlatMap(lambda _: resolve(cfg))
+                | "SpreadPartitions" >> beam.Reshuffle()
+                | "ReadRange" >> beam.ParDo(_ReadRangeFn(cfg)))
+
+
+def range_summary(ranges: list[PartitionRange]) -> dict[str, Any]:
+    """``{"topic/partition": [start, stop]}``, for the backfill's reconciliation."""
+    return {r.name: [r.start, r.stop] for r in ranges}
