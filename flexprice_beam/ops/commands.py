@@ -1,5 +1,5 @@
-"""The operating subcommands, ``check``, ``replay-dead-letters`` and ``backfill``, kept out of cli.py so
-that file stays a thin dispatcher several people can edit."""
+"""The operating subcommands, ``check``, ``replay-dead-letters`` and ``backfill``, kept
+out of cli.py so that file stays a thin dispatcher several people can edit."""
 
 from __future__ import annotations
 
