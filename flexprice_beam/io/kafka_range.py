@@ -46,6 +46,8 @@ FETCH = {"max_partition_fetch_bytes": 16 * 1024 * 1024, "fetch_max_bytes": 64 * 
          "fetch_max_wait_ms": 100}
 
 
+#: give up connecting after this long (kafka-python retries with back-off until then)
+BOOTSTRAP_TIMEOUT_MS = 30_000
 #: records per poll: polls return from the fetched buffer, fewer calls cost less
 POLL_RECORDS = 10_000
 
@@ -94,27 +96,54 @@ def share(sizes: list[int], total: int) -> list[int]:
     return out
 
 
+_REFUSALS = ("AuthenticationFailed", "SSLError", "SSLCertVerification",
+             "CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
+
+
+class _Causes(logging.Handler):
+    """kafka-python retries a refused connection and then raises a bare timeout; the
+    refusal itself (bad password, untrusted certificate) is only logged. Keep it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if any(k in text for k in _REFUSALS):
+            self.seen.append(text)
+
+
 def _consumer(cfg: KafkaInput, group: bool = False):
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
+    causes = _Causes()
+    logging.getLogger("kafka").addHandler(causes)
     try:
         return KafkaConsumer(group_id=cfg.consumer_group if group else None,
                              enable_auto_commit=False, auto_offset_reset="earliest",
+                             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
                              **FETCH, **python_client_config(cfg))
     except KafkaError as exc:
-        raise KafkaReadError(explain(exc, cfg)) from None
+        raise KafkaReadError(explain(exc, cfg, causes.seen[-1:])) from None
+    finally:
+        logging.getLogger("kafka").removeHandler(causes)
 
 
-def explain(exc: BaseException, cfg: KafkaInput) -> str:
+def explain(exc: BaseException, cfg: KafkaInput, causes: list[str] | None = None) -> str:
     """kafka-python's error, said plainly with the config key to check."""
     name = type(exc).__name__
     text = f"Kafka ({','.join(cfg.addresses)}): {name}: {exc}"
-    if "Authentication" in name or "authentication" in str(exc).lower():
+    cause = (causes or [""])[-1]
+    if cause:
+        text += f"; the broker connection failed with: {cause[-400:]}"
+    seen = f"{name} {exc} {cause}"
+    if "Authentication" in seen or "authentication" in seen:
         return text + " — check input.kafka.sasl.user / password and mechanism"
-    if "SSL" in name or "certificate" in str(exc).lower():
+    if "SSL" in seen or "certificate" in seen.lower():
         return text + " — check input.kafka.tls.ca_file"
-    if name == "NoBrokersAvailable":
+    if name in ("NoBrokersAvailable", "KafkaTimeoutError"):
         return text + (" — check input.kafka.addresses, and tls/sasl: the listener may "
                        "expect another protocol, or refuse our credentials or certificate")
     return text

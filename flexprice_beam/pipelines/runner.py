@@ -215,6 +215,8 @@ def kafka_failure(text: str) -> str | None:
 
 def kafka_read_failure(exc: BaseException) -> str | None:
     """The bounded reader's own message (``KafkaReadError``), without the runner's wrapping."""
+    if type(exc).__name__ == "KafkaReadError":
+        return str(exc).strip()
     m = re.search(r"KafkaReadError: (Kafka[^\n]+)", str(exc))
     return m.group(1).strip() if m else None
 
