@@ -121,10 +121,11 @@ def _consumer(cfg: KafkaInput, group: bool = False):
     causes = _Causes()
     logging.getLogger("kafka").addHandler(causes)
     try:
+        extra = ({"bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS}
+                 if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG else {})  # 3.x
         return KafkaConsumer(group_id=cfg.consumer_group if group else None,
                              enable_auto_commit=False, auto_offset_reset="earliest",
-                             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
-                             **FETCH, **python_client_config(cfg))
+                             **FETCH, **extra, **python_client_config(cfg))
     except KafkaError as exc:
         raise KafkaReadError(explain(exc, cfg, causes.seen[-1:])) from None
     finally:
