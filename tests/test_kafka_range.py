@@ -282,3 +282,33 @@ def test_backfill_over_delivered_records_adds_nothing_and_commit_is_opt_in(broke
     assert committed(f"g-{topic}", topic) == {**group, 1: 300}
     assert len(stored(mock_api)) == 600 + (300 - group[1])
     assert collections.Counter(p for p, _, _ in metas)[1] == 300
+
+
+def test_claims_are_one_per_poll_and_a_racing_split_keeps_only_its_records():
+    from types import SimpleNamespace
+
+    from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+
+    from flexprice_beam.io.kafka_range import _claim
+
+    def recs(a, b):
+        return [SimpleNamespace(offset=o) for o in range(a, b)]
+
+    t = OffsetRestrictionTracker(OffsetRange(0, 100))
+    assert [m.offset for m in _claim(t, recs(0, 50))[0]] == list(range(50))
+    got, ended = _claim(t, recs(50, 120))  # crosses the stop: only what is below it
+    assert [m.offset for m in got] == list(range(50, 100)) and not ended
+    assert _claim(t, recs(100, 110)) == ([], True)
+    t.check_done()
+
+    class Racing(OffsetRestrictionTracker):
+        """A runner split lands between reading the stop and claiming."""
+
+        def try_claim(self, position):
+            self._range = OffsetRange(self._range.start, 30)
+            return super().try_claim(position)
+
+    r = Racing(OffsetRange(0, 100))
+    got, ended = _claim(r, recs(0, 50))
+    assert [m.offset for m in got] == list(range(30)) and ended
+    r.check_done()

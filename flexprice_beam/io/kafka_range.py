@@ -41,9 +41,9 @@ log = logging.getLogger("flexprice_beam.kafka")
 #: with no record arriving for this long while the range is not finished, fail the run
 #: (broker gone, records deleted under us) instead of hanging
 IDLE_TIMEOUT_S = 120.0
-#: fetch sizes: the defaults (1 MiB per partition) mean one round trip per ~8k records
-FETCH = {"max_partition_fetch_bytes": 16 * 1024 * 1024, "fetch_max_bytes": 64 * 1024 * 1024,
-         "fetch_max_wait_ms": 100}
+#: 1 MiB per partition fetch (~7,500 send-events records) lets the next fetch travel while
+#: the last one is decoded; 4 and 16 MiB measured no faster (K1, docs/benchmarks.md)
+FETCH = {"max_partition_fetch_bytes": 1024 * 1024, "fetch_max_wait_ms": 100}
 
 
 #: give up connecting after this long (kafka-python retries with back-off until then)
@@ -271,11 +271,13 @@ class _ReadRangeFn(beam.DoFn):
         batch: list[Record] = []
         idle_since = time.monotonic()
         stop = restriction.stop
+        nxt = restriction.start  # the next offset to read
+        ended = False  # the restriction ended under us (a split)
         try:
-            while True:
+            while not ended and nxt < tracker.current_restriction().stop:  # no empty poll
                 if element.deadline is not None and time.time() >= element.deadline:
                     log.info("Kafka %s: max_read_time reached at offset %d of [%d, %d)",
-                             element.name, consumer.position(tp), restriction.start, stop)
+                             element.name, nxt, restriction.start, stop)
                     break
                 polled = consumer.poll(timeout_ms=200, max_records=POLL_RECORDS).get(tp, ())
                 if not polled:
@@ -287,12 +289,10 @@ class _ReadRangeFn(beam.DoFn):
                             f"offset {consumer.position(tp)} before the range end {stop}")
                     continue
                 idle_since = time.monotonic()
+                polled, ended = _claim(tracker, polled)
+                if polled:
+                    nxt = polled[-1].offset + 1
                 for m in polled:
-                    if not tracker.try_claim(m.offset):
-                        if batch:
-                            self._read.inc(len(batch))
-                            yield batch
-                        return  # the rest belongs to another restriction (split) or none
                     if (lo is not None and m.timestamp < lo) or (hi is not None and m.timestamp >= hi):
                         continue  # outside the record-time window: not part of the range
                     r = decode(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
@@ -306,12 +306,30 @@ class _ReadRangeFn(beam.DoFn):
                         batch = []
         except KafkaError as exc:
             raise KafkaReadError(explain(exc, cfg)) from None
-        # Claiming the end marks the restriction done: past the last record, or the
-        # remainder that max_read_time cut off (never committed, so a re-run reads it).
-        tracker.try_claim(tracker.current_restriction().stop)
+        if not ended:
+            # Claiming the end marks the restriction done: past the last record, or the
+            # remainder that max_read_time cut off (never committed, so a re-run reads it).
+            tracker.try_claim(tracker.current_restriction().stop)
         if batch:
             self._read.inc(len(batch))
             yield batch
+
+
+def _claim(tracker, polled: list) -> tuple[list, bool]:
+    """The records of ``polled`` this restriction owns, claimed with one call (the last
+    one's offset) instead of one per record; and whether the restriction is over."""
+    stop = tracker.current_restriction().stop
+    if polled[-1].offset >= stop:
+        polled = [m for m in polled if m.offset < stop]
+        if not polled:
+            tracker.try_claim(stop)
+            return [], True
+    if tracker.try_claim(polled[-1].offset):
+        return polled, False
+    # A split between reading the stop and claiming: everything below the new stop is
+    # still ours (a split never cuts below the last claim); the failed claim ends it.
+    stop = tracker.current_restriction().stop
+    return [m for m in polled if m.offset < stop], True
 
 
 class ReadKafkaRange(beam.PTransform):
