@@ -34,26 +34,19 @@ from apache_beam.transforms.core import RestrictionProvider
 
 from flexprice_beam.config import KafkaInput, partition_key
 from flexprice_beam.events import Record, parse_timestamp
-from flexprice_beam.io.kafka import decode, python_client_config
+from flexprice_beam.io.kafka import decode
+from flexprice_beam.io.kafka_clients import (
+    KafkaPythonReader,
+    KafkaReadError,
+    explain,
+    python_consumer,
+)
 
 log = logging.getLogger("flexprice_beam.kafka")
 
 #: with no record arriving for this long while the range is not finished, fail the run
 #: (broker gone, records deleted under us) instead of hanging
 IDLE_TIMEOUT_S = 120.0
-#: 1 MiB per partition fetch (~7,500 send-events records) lets the next fetch travel while
-#: the last one is decoded; 4 and 16 MiB measured no faster (K1, docs/benchmarks.md)
-FETCH = {"max_partition_fetch_bytes": 1024 * 1024, "fetch_max_wait_ms": 100}
-
-
-#: give up connecting after this long (kafka-python retries with back-off until then)
-BOOTSTRAP_TIMEOUT_MS = 30_000
-#: records per poll: polls return from the fetched buffer, fewer calls cost less
-POLL_RECORDS = 10_000
-
-
-class KafkaReadError(RuntimeError):
-    """The broker refused or lost us; the message says which setting to check."""
 
 
 @dataclass(frozen=True)
@@ -96,67 +89,13 @@ def share(sizes: list[int], total: int) -> list[int]:
     return out
 
 
-_REFUSALS = ("AuthenticationFailed", "SSLError", "SSLCertVerification",
-             "CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
-
-
-class _Causes(logging.Handler):
-    """kafka-python retries a refused connection and then raises a bare timeout; the
-    refusal itself (bad password, untrusted certificate) is only logged. Keep it."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if any(k in text for k in _REFUSALS):
-            self.seen.append(text)
-
-
-def _consumer(cfg: KafkaInput, group: bool = False):
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
-
-    causes = _Causes()
-    logging.getLogger("kafka").addHandler(causes)
-    try:
-        extra = ({"bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS}
-                 if "bootstrap_timeout_ms" in KafkaConsumer.DEFAULT_CONFIG else {})  # 3.x
-        return KafkaConsumer(group_id=cfg.consumer_group if group else None,
-                             enable_auto_commit=False, auto_offset_reset="earliest",
-                             **FETCH, **extra, **python_client_config(cfg))
-    except KafkaError as exc:
-        raise KafkaReadError(explain(exc, cfg, causes.seen[-1:])) from None
-    finally:
-        logging.getLogger("kafka").removeHandler(causes)
-
-
-def explain(exc: BaseException, cfg: KafkaInput, causes: list[str] | None = None) -> str:
-    """kafka-python's error, said plainly with the config key to check."""
-    name = type(exc).__name__
-    text = f"Kafka ({','.join(cfg.addresses)}): {name}: {exc}"
-    cause = (causes or [""])[-1]
-    if cause:
-        text += f"; the broker connection failed with: {cause[-400:]}"
-    seen = f"{name} {exc} {cause}"
-    if "Authentication" in seen or "authentication" in seen:
-        return text + " — check input.kafka.sasl.user / password and mechanism"
-    if "SSL" in seen or "certificate" in seen.lower():
-        return text + " — check input.kafka.tls.ca_file"
-    if name in ("NoBrokersAvailable", "KafkaTimeoutError"):
-        return text + (" — check input.kafka.addresses, and tls/sasl: the listener may "
-                       "expect another protocol, or refuse our credentials or certificate")
-    return text
-
-
 def resolve(cfg: KafkaInput, now: float | None = None) -> list[PartitionRange]:
     """The run's range, per partition, from the broker's offsets at this moment."""
     from kafka import TopicPartition
     from kafka.errors import KafkaError
 
     now = time.time() if now is None else now
-    consumer = _consumer(cfg, group=True)
+    consumer = python_consumer(cfg, group=True)
     try:
         parts = []
         for topic in cfg.topics:
@@ -247,65 +186,59 @@ class _ReadRangeFn(beam.DoFn):
         self._bad = Metrics.counter("flexprice", "records_undecodable")
 
     def setup(self) -> None:
-        self._consumer = _consumer(self._cfg)
+        self._reader = KafkaPythonReader(self._cfg)
 
     def teardown(self) -> None:
-        consumer = getattr(self, "_consumer", None)
-        if consumer is not None:
-            consumer.close()
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.close()
 
     def process(self, element: PartitionRange,
                 tracker=beam.DoFn.RestrictionParam(_RangeProvider())) -> Iterable[list[Record]]:
-        from kafka import TopicPartition
-        from kafka.errors import KafkaError
-
-        tp = TopicPartition(element.topic, element.partition)
         restriction = tracker.current_restriction()
-        if restriction.start >= restriction.stop:
-            return
-        cfg, consumer = self._cfg, self._consumer
+        if restriction.start < restriction.stop:  # an empty partition ends at once
+            yield from self._read_range(element, tracker, restriction)
+
+    def _read_range(self, element: PartitionRange, tracker, restriction: OffsetRange):
+        cfg, reader = self._cfg, self._reader
         size, max_bytes = cfg.batch_size, cfg.max_record_bytes
         lo, hi = element.min_ms, element.max_ms
-        consumer.assign([tp])
-        consumer.seek(tp, restriction.start)
+        reader.seek(element.topic, element.partition, restriction.start)
         batch: list[Record] = []
         idle_since = time.monotonic()
         stop = restriction.stop
         nxt = restriction.start  # the next offset to read
         ended = False  # the restriction ended under us (a split)
-        try:
-            while not ended and nxt < tracker.current_restriction().stop:  # no empty poll
-                if element.deadline is not None and time.time() >= element.deadline:
-                    log.info("Kafka %s: max_read_time reached at offset %d of [%d, %d)",
-                             element.name, nxt, restriction.start, stop)
-                    break
-                polled = consumer.poll(timeout_ms=200, max_records=POLL_RECORDS).get(tp, ())
-                if not polled:
-                    if consumer.position(tp) >= tracker.current_restriction().stop:
-                        break  # only gaps (compaction, transaction markers) were left
-                    if time.monotonic() - idle_since > IDLE_TIMEOUT_S:
-                        raise KafkaReadError(
-                            f"Kafka {element.name}: no record for {IDLE_TIMEOUT_S:.0f}s at "
-                            f"offset {consumer.position(tp)} before the range end {stop}")
-                    continue
-                idle_since = time.monotonic()
-                polled, ended = _claim(tracker, polled)
-                if polled:
-                    nxt = polled[-1].offset + 1
-                for m in polled:
-                    if (lo is not None and m.timestamp < lo) or (hi is not None and m.timestamp >= hi):
-                        continue  # outside the record-time window: not part of the range
-                    r = decode(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
-                               max_bytes)
-                    if r.error:
-                        self._bad.inc()
-                    batch.append(r)
-                    if len(batch) >= size:
-                        self._read.inc(len(batch))
-                        yield batch
-                        batch = []
-        except KafkaError as exc:
-            raise KafkaReadError(explain(exc, cfg)) from None
+        while not ended and nxt < tracker.current_restriction().stop:  # no empty poll
+            if element.deadline is not None and time.time() >= element.deadline:
+                log.info("Kafka %s: max_read_time reached at offset %d of [%d, %d)",
+                         element.name, nxt, restriction.start, stop)
+                break
+            polled = reader.poll()
+            if not polled:
+                if reader.position() >= tracker.current_restriction().stop:
+                    break  # only gaps (compaction, transaction markers) were left
+                if time.monotonic() - idle_since > IDLE_TIMEOUT_S:
+                    raise KafkaReadError(
+                        f"Kafka {element.name}: no record for {IDLE_TIMEOUT_S:.0f}s at "
+                        f"offset {reader.position()} before the range end {stop}")
+                continue
+            idle_since = time.monotonic()
+            polled, ended = _claim(tracker, polled)
+            if polled:
+                nxt = polled[-1].offset + 1
+            for m in polled:
+                if (lo is not None and m.timestamp < lo) or (hi is not None and m.timestamp >= hi):
+                    continue  # outside the record-time window: not part of the range
+                r = decode(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
+                           max_bytes)
+                if r.error:
+                    self._bad.inc()
+                batch.append(r)
+                if len(batch) >= size:
+                    self._read.inc(len(batch))
+                    yield batch
+                    batch = []
         if not ended:
             # Claiming the end marks the restriction done: past the last record, or the
             # remainder that max_read_time cut off (never committed, so a re-run reads it).

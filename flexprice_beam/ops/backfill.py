@@ -50,9 +50,9 @@ class BackfillReport:
 
 
 def _partitions(cfg: KafkaInput) -> list[str]:
-    from flexprice_beam.io.kafka_range import _consumer
+    from flexprice_beam.io.kafka_clients import python_consumer
 
-    consumer = _consumer(cfg)
+    consumer = python_consumer(cfg)
     try:
         return [f"{t}/{p}" for t in cfg.topics
                 for p in sorted(consumer.partitions_for_topic(t) or ())]
