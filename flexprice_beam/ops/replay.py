@@ -161,7 +161,8 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
 
 
 def replay_file(path: Path, replayer: Replayer | None, report: ReplayReport,
-                stage: str | None, since: dt.datetime | None) -> None:
+                stage: str | None, since: dt.datetime | None,
+                big_numbers: str = "dead_letter") -> None:
     with open(path, "rb") as f:
         if not lock_file(f, blocking=False):
             report.skipped_files.append(path.name)
@@ -175,7 +176,8 @@ def replay_file(path: Path, replayer: Replayer | None, report: ReplayReport,
                 continue
             record = _record(letter)
             try:
-                chosen[i] = (letter, record, prepare(record, letter["event"]), None)
+                chosen[i] = (letter, record, prepare(record, letter["event"],
+                                                      big_numbers=big_numbers), None)
             except InvalidEvent as exc:
                 chosen[i] = (letter, record, None, dead_letter(
                     "validation", exc.reason, record=record, event=letter["event"],
@@ -212,7 +214,7 @@ def replay(cfg: CollectorConfig, path: str | None = None, stage: str | None = No
     replayer = None if dry_run else Replayer(cfg)
     try:
         for f in files:
-            replay_file(f, replayer, report, stage, since_ts)
+            replay_file(f, replayer, report, stage, since_ts, cfg.pipeline.big_numbers)
     except FlexpriceAuthError as exc:
         report.error = str(exc)
         log.error("Replay stopped: %s", exc)
