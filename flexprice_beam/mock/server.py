@@ -364,13 +364,17 @@ class MockFlexprice:
                  tls_cert: str | None = None, tls_key: str | None = None,
                  config_key: str | None = None, queued: bool = False,
                  queue_delay_s: float = 1.0, queue_rate: float = 12.0,
-                 oversize_linger_s: float = 0.5) -> None:
+                 oversize_linger_s: float = 0.5,
+                 gateway_headers: dict[str, str] | None = None) -> None:
         self.tls_cert, self.tls_key = tls_cert, tls_key  # both set: serve https
         #: a key from the server's config file: needs ``X-Environment-ID`` on every request
         self.config_key = config_key
         #: after an oversize 400, how long the rest of the body is still read before closing
         #: (Go's rstAvoidanceDelay is 500 ms); 0 closes at once (a writer gets EPIPE/RST)
         self.oversize_linger_s = oversize_linger_s
+        #: a gateway in front of the API: every /v1 request must carry these headers, else
+        #: the gateway (not Flexprice) answers 401 ``{"message":"Unauthorized"}``
+        self.gateway_headers = {k.lower(): v for k, v in (gateway_headers or {}).items()}
         if queued and queue_rate <= 0:
             raise ValueError("queue_rate must be > 0")
         if error_style not in ("flat", "nested"):
@@ -644,7 +648,7 @@ class MockFlexprice:
             reply = self._status_reply(fail, retry_after=cfg.retry_after_s)
             return self._finish(h, method, path, reply, latency, self._count_events(path, body), body)
 
-        auth = self._auth(headers)
+        auth = self._gateway(headers) or self._auth(headers)
         if auth is not None:
             return self._finish(h, method, path, auth, latency, 0, body)
 
@@ -713,6 +717,12 @@ class MockFlexprice:
             prefix = "/v1/customers/external/"
             if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix):]:
                 return self._get_customer, unquote(path[len(prefix):])
+        return None
+
+    def _gateway(self, headers: dict[str, str]) -> _Reply | None:
+        for name, value in self.gateway_headers.items():
+            if headers.get(name) != value:
+                return _Reply(401, b'{"message":"Unauthorized"}')
         return None
 
     def _auth(self, headers: dict[str, str]) -> _Reply | None:
