@@ -433,7 +433,9 @@ def load_config_text(text: str, source: str = "<config>",
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+        hint = ('; if a ${VAR} placeholder sits inside {…} or […], quote it: "${VAR}"'
+                if "${" in text else "")
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}{hint}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with input/output keys")
     data = interpolate_values(data, env)
