@@ -345,3 +345,29 @@ output:
     with pytest.raises(ConfigError, match="output.flexprice.environment_id"):
         load_config_text(text, env={"FLEXPRICE_API_KEY": "k", "GATEWAY_TOKEN": "t",
                                     "FLEXPRICE_ENVIRONMENT_ID": "env one"})
+
+
+def test_default_retry_rides_out_an_outage_longer_than_ten_attempts(mock_api, tmp_path):
+    """No count limit by default: a 1.5 s outage with 5–50 ms backoff takes far more than
+    the old 10 attempts, and nothing is dead-lettered."""
+    mock_api.set_faults(fail_all_status=503, fail_all_duration_s=1.5)
+    cfg = make_config(mock_api, tmp_path, count=200, flexprice={"retry": {
+        "max_attempts": None, "initial_backoff": "5ms", "max_backoff": "50ms",
+        "max_elapsed": "60s"}})
+    summary = run(cfg)
+    assert summary.ok and summary.dead_lettered == 0 and summary.accepted == 200
+    assert summary.retries > 10 * summary.batches / 2, summary.render()
+    assert len(mock_api.events()) == 200
+
+
+def test_the_self_hosted_example_checks_against_the_stand_in(self_hosted, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.setenv("FLEXPRICE_API_HOST", self_hosted.host_port)
+    monkeypatch.setenv("FLEXPRICE_API_KEY", CONFIG_KEY)
+    monkeypatch.setenv("FLEXPRICE_ENVIRONMENT_ID", ENV)
+    monkeypatch.setenv("DEAD_LETTER_PATH", str(tmp_path / "dl"))
+    assert cli_main(["lint", "-c", "examples/self-hosted.yaml"]) == 0
+    self_hosted.add_customer("cust_003")
+    assert cli_main(["check", "-c", "examples/self-hosted.yaml", "--sample", "30"]) == 0
+    out = capsys.readouterr().out
+    assert f"key accepted in environment {ENV}" in out and "no problems found" in out
