@@ -149,9 +149,13 @@ def _read_back(cfg: CollectorConfig, summary, wait: float) -> None:
     from flexprice_beam.io.readback import read_back
     from flexprice_beam.ops import live
 
+    sample = live.LIVE.accepted_sample()
+    if not sample:  # the sink ran in other processes (a portable runner): nothing to look up
+        summary.held_text = "no sample of the accepted events in this process to read back"
+        return
     client = FlexpriceClient(cfg.output.flexprice)
     try:
-        held = read_back(client, live.LIVE.accepted_sample(), wait)
+        held = read_back(client, sample, wait)
     finally:
         client.close()
     summary.held, summary.held_text = held.as_dict(), held.render()

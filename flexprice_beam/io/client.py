@@ -124,8 +124,8 @@ class FlexpriceClient:
         if cfg.environment_id:  # a config-file key (self-hosted) carries no environment
             self._headers["X-Environment-ID"] = cfg.environment_id
         self._headers.update((k, v.get_secret_value()) for k, v in cfg.headers.items())
-        # extra header values may be gateway tokens: redact them like the key
         self.environment_id = cfg.environment_id
+        # extra header values may be gateway tokens: redact them like the key
         self._secrets = [self._secret, *(v.get_secret_value() for v in cfg.headers.values())]
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
