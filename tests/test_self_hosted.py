@@ -15,7 +15,7 @@ import requests
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.config import ConfigError, FlexpriceOutput, load_config_text
 from flexprice_beam.events import Record
-from flexprice_beam.io.client import FlexpriceClient, Kind
+from flexprice_beam.io.client import FlexpriceClient, Kind, bulk_body
 from flexprice_beam.io.deliver import EventDeliverer
 from flexprice_beam.io.readback import read_back
 from flexprice_beam.io.retry import RetryPolicy, Throttle
@@ -142,7 +142,16 @@ def test_bisection_isolates_bad_events_from_the_real_bodies(mock_api):
     client = FlexpriceClient(FlexpriceOutput(api_host=mock_api.host_port, api_key="test-key",
                                              scheme="http"))
     deliverer = EventDeliverer(client, RetryPolicy(initial_backoff=0.01), Throttle())
-    outcome = deliverer.deliver(items)
+    mock_api.keep_bodies = True
+    try:
+        outcome = deliverer.deliver(items)
+    finally:
+        mock_api.keep_bodies = False
+    # on the wire: every request (first try or a half after a 400) is the envelope around a
+    # run of the very bytes prepared once; nothing re-serialised, reordered or re-stamped
+    runs = {bulk_body([it.body for it in items[i:j]])
+            for i in range(len(items)) for j in range(i + 1, len(items) + 1)}
+    assert len(mock_api.bodies) > 10 and all(raw in runs for raw in mock_api.bodies)
     failed = {d.item.event["event_id"] for d in outcome.failed}
     assert failed == {"iso-5", "iso-20", "iso-33"}
     assert all(d.status == 400 and "Request validation failed" in d.reason

@@ -375,6 +375,10 @@ class MockFlexprice:
         #: a gateway in front of the API: every /v1 request must carry these headers, else
         #: the gateway (not Flexprice) answers 401 ``{"message":"Unauthorized"}``
         self.gateway_headers = {k.lower(): v for k, v in (gateway_headers or {}).items()}
+        #: tests: keep every ingest request's raw body (``bodies``), to compare resends byte
+        #: for byte (the store compares canonical JSON)
+        self.keep_bodies = False
+        self.bodies: list[bytes] = []
         if queued and queue_rate <= 0:
             raise ValueError("queue_rate must be > 0")
         if error_style not in ("flat", "nested"):
@@ -589,6 +593,7 @@ class MockFlexprice:
             self._bytes_in = 0
             self._rejected_events = 0
             self._lost_blank = 0
+        self.bodies = []
         with self._conns_lock:
             self._conns_opened = 0
         self._faults.reset_counters()
@@ -635,7 +640,7 @@ class MockFlexprice:
             return
         route = self._route(method, path)
         if route is None:  # gin: unmatched routes 404 before any auth middleware
-            self._record(method, path, 404, 0, len(body))
+            self._record(method, path, 404, 0, body)
             h._write(404, b"404 page not found", TEXT)
             return
         handler, arg = route
@@ -658,7 +663,7 @@ class MockFlexprice:
         if outcome != OK and outcome not in ("slow", "ack_lost"):
             if outcome in DROP_OUTCOMES:  # reset / hang: nothing processed, no response
                 self._sleep(latency + (cfg.hang_s if outcome == "hang" else 0.0))
-                self._record(method, path, 0, self._count_events(path, body), len(body))
+                self._record(method, path, 0, self._count_events(path, body), body)
                 h._drop()
                 return
             if outcome == "429_no_retry_after":
@@ -678,7 +683,7 @@ class MockFlexprice:
                 n_events = getattr(e, "n_events", 0)
         if outcome == "ack_lost":  # processed (and stored) -- then the answer is lost
             self._sleep(latency)
-            self._record(method, path, 0, n_events, len(body))
+            self._record(method, path, 0, n_events, body)
             h._drop()
             return
         if outcome == "slow":
@@ -690,11 +695,14 @@ class MockFlexprice:
     def _finish(self, h: _Handler, method: str, path: str, reply: _Reply, latency: float,
                 n_events: int, body: bytes) -> None:
         self._sleep(latency)
-        self._record(method, path, reply.status, n_events, len(body))
+        self._record(method, path, reply.status, n_events, body)
         h._write(reply.status, reply.body, reply.ctype, reply.headers)
 
-    def _record(self, method: str, path: str, status: int, n_events: int, nbytes: int) -> None:
+    def _record(self, method: str, path: str, status: int, n_events: int, body: bytes) -> None:
         route = f"{method} {path}"
+        nbytes = len(body)
+        if self.keep_bodies and path in _INGEST_PATHS:
+            self.bodies.append(body)
         with self._stats_lock:
             self._by_status[status] = self._by_status.get(status, 0) + 1
             self._by_route[route] = self._by_route.get(route, 0) + 1
