@@ -25,7 +25,7 @@ ENV = FIXTURES["environment_id"]
 @pytest.fixture(scope="module")
 def server():
     with MockFlexprice(api_key=KEYS["scoped"], config_key=KEYS["config"],
-                       environment_id=ENV) as m:
+                       forbidden_key=KEYS["forbidden"], environment_id=ENV) as m:
         yield m
 
 

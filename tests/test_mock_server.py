@@ -71,8 +71,7 @@ def test_auth_missing_wrong_forbidden(fp):
     r = requests.post(url, json=ev(), headers={"x-api-key": "nope"})
     assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
     r = requests.post(url, json=ev(), headers={"x-api-key": "forbidden-key"})
-    body = assert_error_shape(r, 403, "permission_denied")
-    assert body["message"] == "insufficient permissions"
+    assert r.status_code == 403 and r.text == '{"message":"insufficient permissions"}'
     assert fp.events() == [] and fp.received_count == 0
 
 
@@ -456,6 +455,8 @@ def test_fail_all_status(fp, s, status):
         assert r.status_code == status
     if status == 401:
         assert r.json() == {"error": "Unauthorized"}
+    elif status == 403:  # the permission middleware's own body
+        assert r.json() == {"message": "insufficient permissions"}
     else:
         assert r.json()["http_status_code"] == status
     if status == 429:

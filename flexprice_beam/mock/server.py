@@ -742,7 +742,8 @@ class MockFlexprice:
                 return None
             return _Reply(403, ENV_DENIED_BODY)
         if key and self.forbidden_key is not None and key == self.forbidden_key:
-            return _Reply(403, error_body(403, "insufficient permissions", style=self.error_style))
+            # PermissionMiddleware: a gin.H of its own, not the ErrorResponse shape
+            return _Reply(403, b'{"message":"insufficient permissions"}')
         authz = headers.get("authorization", "")
         if not authz:
             msg = "Unauthorized"
@@ -755,6 +756,8 @@ class MockFlexprice:
     def _status_reply(self, status: int, retry_after: int | None) -> _Reply:
         if status == 401:
             return _Reply(401, b'{"error":"Unauthorized"}')
+        if status == 403:
+            return _Reply(403, b'{"message":"insufficient permissions"}')
         if status in _GATEWAY_HTML:
             return _Reply(status, _GATEWAY_HTML[status], HTML)
         headers: tuple = ()
