@@ -47,7 +47,9 @@ class Held:
         if self.queued:
             return (f"{self.readable} of {self.sampled} sampled accepted events readable; "
                     f"{self.queued} still queued after {self.waited:.0f}s (202 means queued: "
-                    f"Flexprice stores events later, ~12/s by default), not missing{twice}")
+                    "Flexprice stores events later, ~12/s by default; if they stay unreadable "
+                    "long after, look at the server's own queue — with its Kafka down it "
+                    f"still answers 202 and logs 'circuit breaker is open'){twice}")
         return (f"all {self.sampled} sampled accepted events readable "
                 f"(after {self.waited:.1f}s){twice}")
 
