@@ -227,6 +227,13 @@ class RetryConfig(_Model):
     max_elapsed: Duration = 600.0
 
 
+#: RFC 9110 token characters.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: Headers the client sets itself; ``headers:`` may not replace them.
+_OWN_HEADERS = frozenset({"x-api-key", "x-environment-id", "content-type", "content-length",
+                          "host", "transfer-encoding", "connection", "accept", "user-agent"})
+
+
 class FlexpriceOutput(_Model):
     api_host: str = Field(min_length=1)
     api_key: SecretStr
@@ -332,13 +339,6 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-#: RFC 9110 token characters.
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-#: Headers the client sets itself; ``headers:`` may not replace them.
-_OWN_HEADERS = frozenset({"x-api-key", "x-environment-id", "content-type", "content-length",
-                          "host", "transfer-encoding", "connection", "accept", "user-agent"})
 
 
 class DeadLetterOutput(_Model):
