@@ -39,7 +39,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         cfg = _config(args)
-        report = replay(cfg, args.path, stage=args.stage, since=args.since, dry_run=args.dry_run)
+        report = replay(cfg, args.path, stage=args.stage, since=args.since, dry_run=args.dry_run,
+                        read_back_wait=args.read_back)
     except (ConfigError, InsecureTransportError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -75,6 +76,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help="only letters of this stage (default: every letter with an event)")
     rp.add_argument("--since", help="only letters written at or after this RFC3339 time")
     rp.add_argument("--dry-run", action="store_true", help="count what would be replayed")
+    rp.add_argument("--read-back", type=float, metavar="SECONDS", default=None,
+                    help="then read a sample of the accepted events back, waiting up to "
+                         "SECONDS for what Flexprice still has queued (reported, never fatal)")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -29,8 +29,10 @@ from flexprice_beam.events import Record, dead_letter, parse_timestamp
 from flexprice_beam.io.client import FlexpriceAuthError, FlexpriceClient
 from flexprice_beam.io.dead_letter import encode_dead_letter, lock_file
 from flexprice_beam.io.deliver import EventDeliverer
+from flexprice_beam.io.readback import read_back
 from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.io.sink import _BatchBuffer, delivery_dead_letter
+from flexprice_beam.ops.live import SAMPLE
 from flexprice_beam.transforms.validate import InvalidEvent, Prepared, prepare
 
 log = logging.getLogger("flexprice_beam.replay")
@@ -49,6 +51,9 @@ class ReplayReport:
     skipped_files: list[str] = field(default_factory=list)
     error: str | None = None
     dry_run: bool = False
+    #: (event_id, timestamp) of accepted events, up to ``live.SAMPLE``, for ``--read-back``
+    sample: list = field(default_factory=list)
+    held_text: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -69,6 +74,8 @@ class ReplayReport:
         if self.skipped_files:
             lines.append(f"skipped:        {', '.join(self.skipped_files)} (in use by a running "
                          "pipeline)")
+        if self.held_text:
+            lines.append(f"API holds:      {self.held_text}")
         if self.error:
             lines.append(f"error:          {self.error}")
         return "\n".join(lines)
@@ -161,7 +168,8 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
 
 
 def replay_file(path: Path, replayer: Replayer | None, report: ReplayReport,
-                stage: str | None, since: dt.datetime | None) -> None:
+                stage: str | None, since: dt.datetime | None,
+                big_numbers: str = "dead_letter") -> None:
     with open(path, "rb") as f:
         if not lock_file(f, blocking=False):
             report.skipped_files.append(path.name)
@@ -175,7 +183,8 @@ def replay_file(path: Path, replayer: Replayer | None, report: ReplayReport,
                 continue
             record = _record(letter)
             try:
-                chosen[i] = (letter, record, prepare(record, letter["event"]), None)
+                chosen[i] = (letter, record, prepare(record, letter["event"],
+                                                      big_numbers=big_numbers), None)
             except InvalidEvent as exc:
                 chosen[i] = (letter, record, None, dead_letter(
                     "validation", exc.reason, record=record, event=letter["event"],
@@ -196,6 +205,8 @@ def replay_file(path: Path, replayer: Replayer | None, report: ReplayReport,
                 failure = outcomes[id(item)]
             if failure is None:
                 report.accepted += 1
+                if len(report.sample) < SAMPLE:
+                    report.sample.append((item.event["event_id"], item.event["timestamp"]))
             else:
                 report.failed_again += 1
                 kept.append(encode_dead_letter(_again(failure, letter)))
@@ -203,8 +214,11 @@ def replay_file(path: Path, replayer: Replayer | None, report: ReplayReport,
 
 
 def replay(cfg: CollectorConfig, path: str | None = None, stage: str | None = None,
-           since: str | None = None, dry_run: bool = False) -> ReplayReport:
-    """Replay every ``*.jsonl`` under ``path`` (default: the config's dead-letter path)."""
+           since: str | None = None, dry_run: bool = False,
+           read_back_wait: float | None = None) -> ReplayReport:
+    """Replay every ``*.jsonl`` under ``path`` (default: the config's dead-letter path);
+    with ``read_back_wait``, then look for a sample of the accepted events in Flexprice
+    (what is not readable yet is reported as queued, never as a failure)."""
     report = ReplayReport(dry_run=dry_run)
     since_ts = parse_timestamp(since) if since else None
     folder = Path(path or cfg.output.dead_letter.path)
@@ -212,7 +226,10 @@ def replay(cfg: CollectorConfig, path: str | None = None, stage: str | None = No
     replayer = None if dry_run else Replayer(cfg)
     try:
         for f in files:
-            replay_file(f, replayer, report, stage, since_ts)
+            replay_file(f, replayer, report, stage, since_ts, cfg.pipeline.big_numbers)
+        if read_back_wait is not None and report.sample:
+            report.held_text = read_back(replayer._client, report.sample,
+                                         read_back_wait).render()
     except FlexpriceAuthError as exc:
         report.error = str(exc)
         log.error("Replay stopped: %s", exc)

@@ -77,7 +77,7 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
         DEAD_LETTER, main="events")
     valid = mapped.events | "Validate" >> beam.ParDo(
-        ValidateEvents(cfg.pipeline.max_event_bytes)).with_outputs(
+        ValidateEvents(cfg.pipeline.max_event_bytes, cfg.pipeline.big_numbers)).with_outputs(
         DEAD_LETTER, main="valid")
     written = valid.valid | "WriteToFlexprice" >> (sink or WriteToFlexprice(cfg.output.flexprice))
     dead = [mapped[DEAD_LETTER], valid[DEAD_LETTER]]
