@@ -7,6 +7,8 @@ from pathlib import Path
 
 import orjson
 
+from tests.kafka_helpers import script_env
+
 ROOT = Path(__file__).resolve().parents[1]
 MINIO_SH = ROOT / "scripts" / "minio.sh"
 
@@ -14,14 +16,7 @@ MINIO_SH = ROOT / "scripts" / "minio.sh"
 def ensure_minio() -> dict[str, str]:
     """Install/start MinIO if needed (idempotent) and return its ``env`` settings."""
     subprocess.run([str(MINIO_SH), "start"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    out = subprocess.run([str(MINIO_SH), "env"], check=True, cwd=ROOT, capture_output=True,
-                         text=True).stdout
-    env = {}
-    for line in out.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line[len("export "):].partition("=")
-            env[key] = value.strip()
-    return env
+    return script_env(MINIO_SH)
 
 
 def s3_args(env: dict[str, str]) -> list[str]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,12 +29,20 @@ from pathlib import Path
 
 import orjson
 import pytest
-import yaml
 
 from flexprice_beam.mock.faults import event_hash
-from tests.conftest import API_KEY
 from tests.store_helpers import ensure_minio, s3_args, s3_client
-from tests.test_flink import FLINK_SH, ROOT, Producer, _committed, _sh, _wait, cluster  # noqa: F401
+from tests.test_flink import (  # noqa: F401 - cluster is a fixture
+    FLINK_SH,
+    ROOT,
+    Producer,
+    _committed,
+    _sh,
+    _wait,
+    cluster,
+    collector_config,
+    submit_job,
+)
 
 pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.s3, pytest.mark.slow]
 
@@ -135,17 +141,10 @@ def test_losing_a_worker_loses_no_event_and_no_dead_letter(cluster, mock_api, tm
     producer = Producer(bootstrap, topic)
     letters = Letters(s3env, prefix, bootstrap, dlq)
     mock_api.set_faults(reject_every_nth=POISON_EVERY)
-    cfg_path = tmp_path / "loss.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "input": {"kafka": {"addresses": [bootstrap], "topics": [topic],
-                            "consumer_group": group, "start_from_oldest": True}},
-        "output": {"flexprice": {"api_host": mock_api.host_port, "api_key": API_KEY,
-                                 "scheme": "http", "batching": {"count": 500, "period": "1s"},
-                                 "max_in_flight": 4, "timeout": "5s",
-                                 "retry": {"max_attempts": 30, "initial_backoff": "100ms",
-                                           "max_backoff": "2s", "max_elapsed": "5m"}},
-                   "dead_letter": {"path": f"s3://{s3env['FLEXPRICE_S3_BUCKET']}/{prefix}",
-                                   "kafka": {"addresses": [bootstrap], "topic": dlq}}}}))
+    cfg_path = collector_config(
+        tmp_path / "loss.yaml", bootstrap, topic, group, mock_api,
+        {"path": f"s3://{s3env['FLEXPRICE_S3_BUCKET']}/{prefix}",
+         "kafka": {"addresses": [bootstrap], "topic": dlq}})
     summary = tmp_path / "submission.json"
     jid = None
     checks = [0]
@@ -167,15 +166,7 @@ def test_losing_a_worker_loses_no_event_and_no_dead_letter(cluster, mock_api, tm
         checks[0] += 1
 
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "flexprice_beam", "run", "-c", str(cfg_path),
-             "--runner", "flink", "--flink-master", rest.base, "--parallelism", "2",
-             "--checkpointing-interval", "3s", "--summary-json", str(summary),
-             "--", *s3_args(s3env)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-            env={**os.environ, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster.get(
-                "BEAM_JOB_ENDPOINT", "localhost:8099")})
-        sub = json.loads(summary.read_text()) if summary.exists() else {}
+        proc, sub = submit_job(cfg_path, rest, cluster, summary, tuple(s3_args(s3env)))
         jid = sub.get("job_id")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         hosts = _subtask_hosts(rest, jid)
