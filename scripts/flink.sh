@@ -525,7 +525,7 @@ sdk_workers_of() {  # pids of the SDK workers started by pool N (by their work d
     if tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -q -e "^SEMI_PERSISTENT_DIRECTORY=$dir/" -e "^FLEXPRICE_SDK_WORK_DIR=$dir\$"; then
       echo "$pid"
     fi
-  done
+  done | sort -u
 }
 
 cmd_kill_worker() {  # N: SIGKILL TaskManager N, its worker pool and its SDK workers at once
