@@ -93,3 +93,20 @@ def test_secret_not_in_repr():
     cfg = load_config_text(BASE, env={"HOST": "h", "KEY": "super-secret-123"})
     assert "super-secret-123" not in repr(cfg)
     assert "super-secret-123" not in str(cfg.model_dump())
+
+
+def test_dead_letters_go_to_a_url_a_topic_or_both(monkeypatch):
+    monkeypatch.setenv("FLEXPRICE_API_HOST", "api.cloud.flexprice.io")
+    monkeypatch.setenv("FLEXPRICE_API_KEY", "fp_xxx")
+    monkeypatch.setenv("KAFKA_BROKER", "a:9092,b:9092")
+    dead = load_config("examples/kafka-shared-dead-letters.yaml").output.dead_letter
+    assert dead.path == "s3://flexprice-dead-letters/collector"
+    assert dead.kafka.addresses == ["a:9092", "b:9092"]
+    assert dead.kafka.topic == "events-dead-letters" and dead.kafka.sasl is None
+    env = {"HOST": "h", "KEY": "k"}
+    topic_only = BASE + "  dead_letter: {path: null, kafka: {addresses: [x:1], topic: t}}\n"
+    assert load_config_text(topic_only, env=env).output.dead_letter.path is None
+    with pytest.raises(ConfigError, match=r"output.dead_letter: .*a 'path' or a 'kafka' topic"):
+        load_config_text(BASE + "  dead_letter: {path: null}\n", env=env)
+    with pytest.raises(ConfigError, match=r"output.dead_letter.kafka.topic"):
+        load_config_text(BASE + "  dead_letter: {kafka: {addresses: [x:1]}}\n", env=env)
