@@ -197,3 +197,49 @@ def test_dead_letter_topic_carries_key_value_and_headers_and_replays_once(
 def _write_topic(cfg: DeadLetterOutput, letters: list[dict]) -> None:
     with beam.Pipeline() as p:
         _ = p | beam.Create(letters) | WriteDeadLetters(cfg)
+
+
+@pytest.mark.kafka
+def test_input_offsets_wait_until_the_topic_acknowledged_the_letters(broker, expansion,
+                                                                     mock_api, tmp_path):
+    """The dead-letter topic refuses every letter (``max.message.bytes`` 100, enforced by the
+    broker): the run fails naming the topic and commits no input offset. With the limit
+    lifted, the re-run puts every letter on the topic and commits every partition's end."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+    from tests.kafka_helpers import committed, good, new_topic, produce
+
+    bootstrap = broker.get("KAFKA_BOOTSTRAP_PLAINTEXT", "127.0.0.1:19092")
+    topic, dlq = new_topic(2, bootstrap), f"dlq-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(dlq, 1, 1, topic_configs={"max.message.bytes": "100"})])
+    sent = produce(topic, [good(i) for i in range(200)], bootstrap)
+    ends = {p: 1 + max(o for q, o, _ in sent if q == p) for p in {p for p, _, _ in sent}}
+    mock_api.set_faults({"reject_every_nth": 10})
+    cfg = _with_dead_letters(
+        make_config(mock_api, tmp_path, input_={"kafka": {
+            "addresses": [bootstrap], "topics": [topic], "consumer_group": f"g-{topic}",
+            "max_records": 200, "max_read_time": "20s"}}),
+        path=None, kafka={"addresses": [bootstrap], "topic": dlq})
+    try:
+        failed = run(cfg)
+        assert not failed.ok and f"cannot write dead letters to Kafka topic {dlq}" in (
+            failed.error or ""), failed.render()
+        assert committed(f"g-{topic}", topic) == {}, "offsets committed ahead of the letters"
+
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, dlq,
+                                            configs={"max.message.bytes": "1048588"})])
+        summary = run(cfg)
+        assert summary.ok and summary.dead_lettered > 0, summary.render()
+        assert committed(f"g-{topic}", topic) == ends
+        consumer = KafkaConsumer(dlq, bootstrap_servers=bootstrap, group_id=None,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=5000)
+        on_topic = {orjson.loads(r.value)["record_id"] for r in consumer}
+        consumer.close()
+        dead = {e for e in (f"kafka-{topic}-{p}-{o}" for p, o, _ in sent)} - {
+            e["event_id"] for e in mock_api.events()}
+        assert dead and on_topic == dead
+    finally:
+        admin.delete_topics([topic, dlq])
+        admin.close()
