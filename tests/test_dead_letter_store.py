@@ -243,3 +243,26 @@ def test_input_offsets_wait_until_the_topic_acknowledged_the_letters(broker, exp
     finally:
         admin.delete_topics([topic, dlq])
         admin.close()
+
+
+@pytest.mark.kafka
+def test_dead_letter_topic_over_sasl_ssl(broker):
+    """``output.dead_letter.kafka`` takes the tls/sasl keys of ``input.kafka``."""
+    from kafka import KafkaConsumer
+
+    from tests.kafka_helpers import new_topic
+
+    dlq = new_topic(1, broker["KAFKA_BOOTSTRAP_PLAINTEXT"])
+    cfg = DeadLetterOutput(path=None, kafka={
+        "addresses": [broker["KAFKA_BOOTSTRAP_SASL_SSL"]], "topic": dlq,
+        "tls": {"enabled": True, "ca_file": broker["KAFKA_CA_PEM"]},
+        "sasl": {"mechanism": "SCRAM-SHA-512", "user": broker["KAFKA_SASL_USERNAME"],
+                 "password": broker["KAFKA_SASL_PASSWORD"]}})
+    letters = _letters(5)
+    _write_topic(cfg, letters)
+    consumer = KafkaConsumer(dlq, bootstrap_servers=broker["KAFKA_BOOTSTRAP_PLAINTEXT"],
+                             group_id=None, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    got = sorted((orjson.loads(r.value) for r in consumer), key=lambda d: d["record_id"])
+    consumer.close()
+    assert got == sorted(letters, key=lambda d: d["record_id"])
