@@ -140,6 +140,12 @@ class _WriteDeadLettersFn(_CountingFn):
             self._producer = DeadLetterProducer(self._kafka)
 
     def start_bundle(self) -> None:
+        # A bundle that failed leaves its attempt behind: its file is dropped (it was never
+        # visible) and its sends forgotten (copies the retried bundle sends again).
+        if getattr(self, "_file", None) is not None:
+            self._file.abort()
+        if self._producer is not None:
+            self._producer.forget()
         self._file: AtomicFile | None = None
         self._origins: list[Any] = []
 
@@ -215,7 +221,6 @@ class _PrintDeadLettersFn(_CountingFn):
     def teardown(self) -> None:
         if self._file is not None and self._path != "-":
             self._file.close()
-
 
 
 class PrintDeadLetters(beam.PTransform):

@@ -75,6 +75,10 @@ class DeadLetterProducer:
             self.topic, value=data.rstrip(b"\n"), key=letter_key(letter),
             headers=letter_headers(letter)))
 
+    def forget(self) -> None:
+        """Drop what a failed bundle sent: not waited for, not failing the next bundle."""
+        self._futures = []
+
     def commit(self) -> int:
         futures, self._futures = self._futures, []
         if not futures:
