@@ -38,7 +38,8 @@
 # MAVEN_REPO_LOCAL (-> -Dmaven.repo.local), FLINK_REST_PORT, BEAM_JOB_PORT,
 # BEAM_ARTIFACT_PORT, BEAM_EXPANSION_PORT, BEAM_WORKER_POOL_PORT, FLINK_TM_SLOTS,
 # FLINK_START_TIMEOUT, BEAM_EXPANSION_EXPERIMENTS (default use_deprecated_read),
-# FLINK_TASKMANAGERS (default 2), BEAM_WORKER_POOL_NAME (default flexprice-sdk-pool).
+# FLINK_TASKMANAGERS (default 2), BEAM_WORKER_POOL_NAME (default flexprice-sdk-pool),
+# FLINK_TM_EXTRA_HOSTS ("IP name;IP name": more names the TaskManager JVMs resolve).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "$0")" && pwd)"
@@ -498,7 +499,10 @@ write_worker_hosts() {  # one hosts file per TaskManager JVM (it then resolves o
 ::1 localhost ip6-localhost
 127.0.0.$i $POOL_NAME
 EOF
+    # FLINK_TM_EXTRA_HOSTS="10.0.0.5 kafka-1;10.0.0.6 kafka-2": more names the JVMs resolve
+    [[ -n ${FLINK_TM_EXTRA_HOSTS:-} ]] && tr ';' '\n' <<<"$FLINK_TM_EXTRA_HOSTS" >>"$CONF_DIR/hosts-$(tm_role "$i")"
   done
+  return 0
 }
 
 start_workers() {
