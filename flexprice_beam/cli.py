@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return cmd_run(args, beam_args)
     if args.command in ops_commands.COMMANDS:
+        args.beam_args = beam_args  # FileSystems options (--s3_endpoint_url, …) for replay
         return ops_commands.COMMANDS[args.command](args)
     return 2
 

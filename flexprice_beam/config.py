@@ -341,8 +341,33 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+class DeadLetterKafka(_Model):
+    """A dead-letter topic (Kafka Connect's ``errors.deadletterqueue.topic.name`` role)."""
+
+    addresses: list[str] = Field(min_length=1)
+    topic: str = Field(min_length=1)
+    tls: TlsConfig = TlsConfig()
+    sasl: SaslConfig | None = None
+
+    @field_validator("addresses")
+    @classmethod
+    def _split(cls, v: list[str]) -> list[str]:
+        # ``${KAFKA_BROKERS}`` may expand to "a:9092,b:9092".
+        return [a.strip() for item in v for a in item.split(",") if a.strip()]
+
+
 class DeadLetterOutput(_Model):
-    path: str = "./dead-letter"
+    """Where dead letters go: files under any Beam FileSystems URL (local, ``s3://``,
+    ``gs://``, ``hdfs://``), a Kafka topic, or both (every letter goes to each)."""
+
+    path: str | None = "./dead-letter"
+    kafka: DeadLetterKafka | None = None
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> DeadLetterOutput:
+        if not self.path and self.kafka is None:
+            raise ValueError("dead letters need a 'path' or a 'kafka' topic (or both)")
+        return self
 
 
 class OutputConfig(_Model):

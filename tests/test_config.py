@@ -183,3 +183,20 @@ def test_default_retry_is_bounded_by_time_only():
     assert not policy.gives_up(10_000, now, 1.0)  # any number of tries within 10 minutes
     assert policy.gives_up(2, now - 599.5, 1.0)  # but never past max_elapsed
     assert RetryPolicy.from_config(RetryConfig(max_attempts=3)).gives_up(3, now, 0.1)
+
+
+def test_dead_letters_go_to_a_url_a_topic_or_both(monkeypatch):
+    monkeypatch.setenv("FLEXPRICE_API_HOST", "api.cloud.flexprice.io")
+    monkeypatch.setenv("FLEXPRICE_API_KEY", "fp_xxx")
+    monkeypatch.setenv("KAFKA_BROKER", "a:9092,b:9092")
+    dead = load_config("examples/kafka-shared-dead-letters.yaml").output.dead_letter
+    assert dead.path == "s3://flexprice-dead-letters/collector"
+    assert dead.kafka.addresses == ["a:9092", "b:9092"]
+    assert dead.kafka.topic == "events-dead-letters" and dead.kafka.sasl is None
+    env = {"HOST": "h", "KEY": "k"}
+    topic_only = BASE + "  dead_letter: {path: null, kafka: {addresses: [x:1], topic: t}}\n"
+    assert load_config_text(topic_only, env=env).output.dead_letter.path is None
+    with pytest.raises(ConfigError, match=r"output.dead_letter: .*a 'path' or a 'kafka' topic"):
+        load_config_text(BASE + "  dead_letter: {path: null}\n", env=env)
+    with pytest.raises(ConfigError, match=r"output.dead_letter.kafka.topic"):
+        load_config_text(BASE + "  dead_letter: {kafka: {addresses: [x:1]}}\n", env=env)

@@ -87,7 +87,7 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
         deliveries = written.deliveries
     dead_letters = tuple(dead) | "CollectDeadLetters" >> beam.Flatten()
     written = dead_letters | "WriteDeadLetters" >> (
-        dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter.path))
+        dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter))
     if cfg.input.kafka is not None and deliveries is not None and not streaming:
         from flexprice_beam.io.kafka import CommitDeliveredOffsets
 
