@@ -312,3 +312,30 @@ def test_claims_are_one_per_poll_and_a_racing_split_keeps_only_its_records():
     got, ended = _claim(r, recs(0, 50))
     assert [m.offset for m in got] == list(range(30)) and ended
     r.check_done()
+
+
+@pytest.mark.kafka
+def test_backfill_after_the_streaming_java_read_resends_identical_events(broker, expansion,
+                                                                         mock_api, tmp_path):
+    """The live read (Java KafkaIO on Prism) and the bounded reader give the same bytes."""
+    import os
+    import signal
+
+    from tests.reliability_helpers import wait_until
+
+    topic = new_topic(3)
+    metas = produce_to(topic, {0: 40, 1: 35, 2: 25})
+    path = config_file(make_config(mock_api, tmp_path, input_=kafka(topic)), tmp_path / "s.yaml")
+    live = cli(["run", "-c", str(path), "--no-metrics", "--progress", "off"])
+    try:
+        wait_until(lambda: len(mock_api.events()) >= 100, 240, what="the streaming read")
+    finally:
+        os.killpg(live.pid, signal.SIGTERM)
+        finish(live, 60)
+    streamed = stored(mock_api)
+    assert set(streamed) == ids(topic, metas)
+    out = _backfill(path, "--from", "1970-01-01T00:00:00Z")
+    assert "read:           100" in out
+    stats = mock_api.stats()
+    assert stats["events_stored"] == 100 and stats["identical_duplicates"] == 100
+    assert mock_api.distinct_conflicts() == [] and stored(mock_api) == streamed
