@@ -25,7 +25,6 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -280,7 +279,3 @@ class ReadKafkaRange(beam.PTransform):
                 | "SpreadPartitions" >> beam.Reshuffle()
                 | "ReadRange" >> beam.ParDo(_ReadRangeFn(cfg)))
 
-
-def range_summary(ranges: list[PartitionRange]) -> dict[str, Any]:
-    """``{"topic/partition": [start, stop]}``, for the backfill's reconciliation."""
-    return {r.name: [r.start, r.stop] for r in ranges}
