@@ -17,7 +17,10 @@ log = logging.getLogger("flexprice_beam.kafka")
 
 #: 1 MiB per partition fetch (~7,500 send-events records) lets the next fetch travel while
 #: the last one is decoded; 4 and 16 MiB measured no faster (K1, docs/benchmarks.md)
-FETCH = {"max_partition_fetch_bytes": 1024 * 1024, "fetch_max_wait_ms": 100}
+FETCH = {"max_partition_fetch_bytes": 1024 * 1024, "fetch_max_wait_ms": 100,
+         # retry a refused connection every second at most: a bounded run should learn
+         # the broker's reason (logged per attempt, see _Causes) within BOOTSTRAP_TIMEOUT_MS
+         "reconnect_backoff_max_ms": 1000}
 #: give up connecting after this long (kafka-python retries with back-off until then)
 BOOTSTRAP_TIMEOUT_MS = 30_000
 #: records per poll: polls return from the fetched buffer, fewer calls cost less
