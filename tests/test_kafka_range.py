@@ -339,3 +339,20 @@ def test_backfill_after_the_streaming_java_read_resends_identical_events(broker,
     stats = mock_api.stats()
     assert stats["events_stored"] == 100 and stats["identical_duplicates"] == 100
     assert mock_api.distinct_conflicts() == [] and stored(mock_api) == streamed
+
+
+@pytest.mark.kafka
+def test_records_filtered_out_at_the_end_are_committed_too(broker, mock_api, tmp_path):
+    import orjson
+
+    from tests.kafka_helpers import produce
+
+    topic = new_topic(1)
+    produce(topic, [orjson.dumps({"type": "api", "user": "c1", "n": i}) for i in range(10)]
+            + [orjson.dumps({"skip": True}) for _ in range(5)])
+    cfg = make_config(mock_api, tmp_path, input_=kafka(topic, stop_at_end=True),
+                      pipeline={"mapping_fn": "tests.mapping_fns:to_event"})
+    summary = run(cfg)
+    assert summary.ok, summary.render()
+    assert (summary.read, summary.accepted, summary.filtered) == (15, 10, 5)
+    assert committed(f"g-{topic}", topic) == {0: 15}, "the filtered tail is not re-read"

@@ -43,6 +43,8 @@ from flexprice_beam.io.kafka_clients import (
 
 log = logging.getLogger("flexprice_beam.kafka")
 
+#: the tagged output with ``((topic, partition), last offset read)`` per range
+READ_TO = "read_to"
 #: with no record arriving for this long while the range is not finished, fail the run
 #: (broker gone, records deleted under us) instead of hanging
 IDLE_TIMEOUT_S = 120.0
@@ -245,6 +247,8 @@ class _ReadRangeFn(beam.DoFn):
         if batch:
             self._read.inc(len(batch))
             yield batch
+        if nxt > restriction.start:  # every record below it went downstream
+            yield beam.pvalue.TaggedOutput(READ_TO, ((element.topic, element.partition), nxt - 1))
 
 
 def _claim(tracker, polled: list) -> tuple[list, bool]:
@@ -265,7 +269,9 @@ def _claim(tracker, polled: list) -> tuple[list, bool]:
 
 
 class ReadKafkaRange(beam.PTransform):
-    """PBegin → PCollection[list[Record]]: the configured range, then the end of input."""
+    """PBegin → the configured range, then the end of input: ``.records``
+    (PCollection[list[Record]]) and ``[READ_TO]``, per partition range the last offset
+    read, so ``CommitDeliveredOffsets`` also commits past records that were filtered out."""
 
     def __init__(self, cfg: KafkaInput):
         super().__init__()
@@ -277,5 +283,6 @@ class ReadKafkaRange(beam.PTransform):
                 | "Impulse" >> beam.Impulse()
                 | "ResolveRange" >> beam.FlatMap(lambda _: resolve(cfg))
                 | "SpreadPartitions" >> beam.Reshuffle()
-                | "ReadRange" >> beam.ParDo(_ReadRangeFn(cfg)))
+                | "ReadRange" >> beam.ParDo(_ReadRangeFn(cfg)).with_outputs(
+                    READ_TO, main="records"))
 

@@ -78,6 +78,11 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     expansion = p.options.view_as(CollectorOptions).kafka_expansion_service
     prism = "prism" in str(p.options.view_as(StandardOptions).runner).lower()
     records = p | "Read" >> read_records(cfg, streaming, expansion, prism)
+    read_to = ()
+    if isinstance(records, beam.pvalue.DoOutputsTuple):  # the bounded Kafka range reader
+        from flexprice_beam.io.kafka_range import READ_TO
+
+        records, read_to = records.records, (records[READ_TO],)
     mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
         DEAD_LETTER, main="events")
     valid = mapped.events | "Validate" >> beam.ParDo(
@@ -96,5 +101,6 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     if kafka is not None and kafka.commit_offsets and deliveries is not None and not streaming:
         from flexprice_beam.io.kafka import CommitDeliveredOffsets
 
-        (deliveries, written) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(kafka)
+        (deliveries, written, *read_to) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
+            kafka)
     return CollectorOutputs(deliveries, dead_letters)
