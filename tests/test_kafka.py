@@ -81,7 +81,10 @@ def test_wrong_password_fails_naming_the_cause(broker, expansion, mock_api, tmp_
         broker, {"sasl": {"mechanism": "SCRAM-SHA-512"}}, password="wrong"))
     # Java (streaming) says SaslAuthenticationException, kafka-python (bounded runs)
     # SaslAuthenticationFailedError; both "Authentication failed ... invalid credentials".
-    assert "Authentication failed" in summary.error and "invalid credentials" in summary.error
+    # kafka-python often sees only the broker hanging up mid-login, and says so.
+    assert ("Authentication failed" in summary.error and "invalid credentials" in summary.error
+            or "closed every connection during SASL SCRAM-SHA-512 authentication"
+            in summary.error), summary.error
     assert "check input.kafka.sasl.user / password" in summary.error
     assert "wrong" not in summary.error.replace("Invalid username or password", "")
 

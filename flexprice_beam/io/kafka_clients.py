@@ -42,11 +42,25 @@ class _Causes(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.seen: list[str] = []
+        self.hung_up = False  # the broker closed a connection on us
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if any(k in text for k in _REFUSALS):
             self.seen.append(text)
+        elif "socket disconnected" in text:
+            self.hung_up = True
+
+    def reasons(self, cfg: KafkaInput) -> list[str]:
+        if self.seen:
+            return self.seen[-1:]
+        if self.hung_up and cfg.sasl is not None:
+            # A refused SCRAM/PLAIN login often shows only as the broker hanging up: it
+            # closes the socket, and kafka-python reads that before the error answer.
+            return [f"the broker closed every connection during SASL {cfg.sasl.mechanism} "
+                    "authentication (it does so when the user, password or mechanism is "
+                    "refused)"]
+        return []
 
 
 def python_consumer(cfg: KafkaInput, group: bool = False):
@@ -63,7 +77,7 @@ def python_consumer(cfg: KafkaInput, group: bool = False):
                              enable_auto_commit=False, auto_offset_reset="earliest",
                              **FETCH, **extra, **python_client_config(cfg))
     except KafkaError as exc:
-        raise KafkaReadError(explain(exc, cfg, causes.seen[-1:])) from None
+        raise KafkaReadError(explain(exc, cfg, causes.reasons(cfg))) from None
     finally:
         logging.getLogger("kafka").removeHandler(causes)
 
@@ -76,7 +90,7 @@ def explain(exc: BaseException, cfg: KafkaInput, causes: list[str] | None = None
     if cause:
         text += f"; the broker connection failed with: {cause[-400:]}"
     seen = f"{name} {exc} {cause}"
-    if "Authentication" in seen or "authentication" in seen:
+    if "uthentication" in seen:
         return text + " — check input.kafka.sasl.user / password and mechanism"
     if "SSL" in seen or "certificate" in seen.lower():
         return text + " — check input.kafka.tls.ca_file"
