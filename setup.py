@@ -11,6 +11,7 @@ setup(
     install_requires=[
         "apache-beam[aws]>=2.77.0,<2.78",  # [aws]: s3:// dead letters
         "kafka-python>=2.0.2,<4",
+        "crc32c>=2.3,<3",  # kafka-python's record CRC check in C (bounded Kafka reads)
         "requests>=2.31,<3",
         "pydantic>=2.7,<3",
         "jmespath>=1.0,<2",

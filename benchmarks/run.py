@@ -13,7 +13,8 @@ separate process, so its CPU is not the pipeline's (it is reported from /proc/<p
 What else ran on the machine during each measurement is reported as "foreign CPU": busy
 jiffies from /proc/stat minus the measured child, the stand-in and this harness.
 
-Sections: P0..P5 (the issue's targets), ``curve`` (throughput vs API latency for single /
+Sections: P0..P5 (the issue's targets), K0/K1 (the bounded Kafka read, issue 12;
+benchmarks/kafka_bounded.py, needs the broker), ``curve`` (throughput vs API latency for single /
 sequential bulk / concurrent bulk, plotted) and ``profile`` (per-stage costs + profiles).
 A full run writes benchmarks/results/{last-run.json,last-run.md,profile-*.txt}, the PNG plots
 in docs/, and replaces the results block of docs/benchmarks.md; ``--quick`` writes everything
@@ -46,7 +47,7 @@ if str(ROOT) not in sys.path:
 PY = sys.executable
 API_KEY = "bench-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SECTIONS = ("P0", "P1", "P2", "P3", "P4", "P4d", "P5", "curve", "profile")
+SECTIONS = ("P0", "P1", "P2", "P3", "P4", "P4d", "P5", "K0", "K1", "curve", "profile")
 LATENCIES_MS = (0, 5, 20, 100)
 CURVE_MODES = {  # label: (mode, max_in_flight)
     "single (1 event/request, 1 in flight)": ("single", 1),
@@ -723,7 +724,7 @@ def _fmt_target(r: dict) -> str:
 
 def _verdict(r: dict) -> str:
     if r["pass"] is None:
-        if r["id"] == "P5":
+        if r["id"] == "P5" or r["id"].startswith("K"):
             return "measured" if "ev/s" in str(r.get("value")) else "pending"
         return "info" if "info" in (r["target"], r.get("unit")) else "pending"
     return "PASS" if r["pass"] else "FAIL"
@@ -871,6 +872,11 @@ def main(argv: list[str] | None = None) -> int:
             results["rows"] += results["storm_default"]["rows"]
         if "P5" in wanted:
             results["rows"] += p5(b)["rows"]
+        if wanted & {"K0", "K1"}:  # the bounded Kafka read (benchmarks/kafka_bounded.py)
+            from benchmarks.kafka_bounded import k_series
+
+            results["kafka_bounded"] = k_series(b, ROOT, PY, _cli(), args.quick)
+            results["rows"] += [r for r in results["kafka_bounded"]["rows"] if r["id"] in wanted]
         if "profile" in wanted:
             results["profile"] = profile(b)
     finally:

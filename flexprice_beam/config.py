@@ -161,8 +161,24 @@ class KafkaInput(_Model):
     sasl: SaslConfig | None = None
     max_records: int | None = Field(None, ge=1, description="stop after N records (bounded run)")
     max_read_time: Duration | None = Field(None, description="stop after this long (bounded run)")
+    # Bounded ranges (io/kafka_range.py): fixed when the run starts, half-open [start, stop).
+    stop_at_end: bool = Field(False, description="read up to the end offsets seen at the start")
+    start_time: str | None = Field(None, description="RFC3339: first record time to read")
+    stop_time: str | None = Field(None, description="RFC3339: records from this time on are not read")
+    start_offsets: dict[str, int] = Field(
+        default_factory=dict, description='{"topic/partition": first offset to read}')
+    stop_offsets: dict[str, int] = Field(
+        default_factory=dict, description='{"topic/partition": first offset not to read}')
+    commit_offsets: bool = Field(
+        True, description="bounded runs: commit the group's offsets after delivery")
     batch_size: int = Field(500, ge=1, le=100_000)
     max_record_bytes: ByteSize = 1024 * 1024
+
+    @property
+    def bounded(self) -> bool:
+        """A run that ends by itself (a range or a limit) rather than streaming until stopped."""
+        return bool(self.max_records or self.max_read_time or self.stop_at_end
+                    or self.stop_time or self.stop_offsets)
 
     @model_validator(mode="after")
     def _split_addresses(self) -> KafkaInput:
@@ -170,6 +186,62 @@ class KafkaInput(_Model):
         flat = [a.strip() for item in self.addresses for a in item.split(",") if a.strip()]
         object.__setattr__(self, "addresses", flat)
         return self
+
+    @model_validator(mode="after")
+    def _check_range(self) -> KafkaInput:
+        errors: list[InitErrorDetails] = []
+
+        def bad(loc: tuple, value: Any, reason: str) -> None:
+            errors.append(InitErrorDetails(type=PydanticCustomError(
+                "kafka_range", "{reason}", {"reason": reason}), loc=loc, input=value))
+
+        times = {}
+        for key in ("start_time", "stop_time"):
+            value = getattr(self, key)
+            if value is not None:
+                from flexprice_beam.events import parse_timestamp
+
+                try:
+                    times[key] = parse_timestamp(value)
+                except ValueError as exc:
+                    bad((key,), value, str(exc))
+        if len(times) == 2 and times["start_time"] >= times["stop_time"]:
+            bad(("stop_time",), self.stop_time, "must be after start_time (the range is "
+                "half-open: start_time <= t < stop_time)")
+        for key in ("start_offsets", "stop_offsets"):
+            for name, offset in getattr(self, key).items():
+                reason = _partition_key_problem(name, self.topics)
+                if reason is None and offset < 0:
+                    reason = "offset must not be negative"
+                if reason is not None:
+                    bad((key, name), offset, reason)
+        for name, stop in self.stop_offsets.items():
+            start = self.start_offsets.get(name)
+            if start is not None and stop < start:
+                bad(("stop_offsets", name), stop, f"is before start_offsets {start}")
+        if (self.start_time or self.start_offsets) and not self.bounded:
+            key = "start_time" if self.start_time else "start_offsets"
+            bad((key,), getattr(self, key), "needs an end: set stop_at_end, stop_time, "
+                "stop_offsets, max_records or max_read_time (a streaming run starts at the "
+                "consumer group's committed offsets)")
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
+
+def partition_key(name: str) -> tuple[str, int]:
+    """``"topic/partition"`` → ``(topic, partition)``; topic names cannot contain ``/``."""
+    topic, _, partition = name.rpartition("/")
+    return topic, int(partition)
+
+
+def _partition_key_problem(name: str, topics: list[str]) -> str | None:
+    topic, sep, partition = name.rpartition("/")
+    if not sep or not topic or not partition.isdigit():
+        return 'expected "topic/partition", e.g. "events/0"'
+    if topic not in topics:
+        return f"topic {topic!r} is not in input.kafka.topics"
+    return None
 
 
 class InputConfig(_Model):

@@ -10,6 +10,7 @@ replay of the same input yields byte-identical events — Flexprice deduplicates
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -62,7 +63,21 @@ def rfc3339(ts: dt.datetime) -> str:
 
 
 def rfc3339_from_millis(millis: int) -> str:
+    if 0 <= millis < _EXACT_MILLIS:  # the same string, without a datetime per record
+        seconds, ms = divmod(millis, 1000)
+        return f"{_utc_second(seconds)}{ms:03d}Z"
     return rfc3339(dt.datetime.fromtimestamp(millis / 1000, tz=dt.timezone.utc))
+
+
+#: below 2^32 s (the year 2106) ``millis / 1000`` is within 0.25 µs, so the datetime path
+#: rounds back to exactly ``millis % 1000`` milliseconds (above, float error can cost one)
+_EXACT_MILLIS = (1 << 32) * 1000
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_second(seconds: int) -> str:
+    """``"YYYY-MM-DDTHH:MM:SS."``; Kafka records come in runs sharing a second."""
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def stable_id(prefix: str, *parts: Any) -> str:

@@ -49,6 +49,10 @@ def read_records(cfg: CollectorConfig, streaming: bool, expansion_service: str |
     """The configured source as a PTransform PBegin → PCollection[list[Record]]."""
     if cfg.input.generate is not None:
         return GenerateEvents(cfg.input.generate)
+    if cfg.input.kafka.bounded and not streaming:
+        from flexprice_beam.io.kafka_range import ReadKafkaRange
+
+        return ReadKafkaRange(cfg.input.kafka)  # a range fixed at the start, then the end
     from flexprice_beam.io.kafka import ReadKafkaRecords  # Java expansion only when used
 
     # Streaming runners commit offsets when a checkpoint that covers delivery completes;
@@ -74,6 +78,11 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     expansion = p.options.view_as(CollectorOptions).kafka_expansion_service
     prism = "prism" in str(p.options.view_as(StandardOptions).runner).lower()
     records = p | "Read" >> read_records(cfg, streaming, expansion, prism)
+    read_to = ()
+    if isinstance(records, beam.pvalue.DoOutputsTuple):  # the bounded Kafka range reader
+        from flexprice_beam.io.kafka_range import READ_TO
+
+        records, read_to = records.records, (records[READ_TO],)
     mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
         DEAD_LETTER, main="events")
     valid = mapped.events | "Validate" >> beam.ParDo(
@@ -88,9 +97,10 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     dead_letters = tuple(dead) | "CollectDeadLetters" >> beam.Flatten()
     written = dead_letters | "WriteDeadLetters" >> (
         dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter))
-    if cfg.input.kafka is not None and deliveries is not None and not streaming:
+    kafka = cfg.input.kafka
+    if kafka is not None and kafka.commit_offsets and deliveries is not None and not streaming:
         from flexprice_beam.io.kafka import CommitDeliveredOffsets
 
-        (deliveries, written) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
-            cfg.input.kafka)
+        (deliveries, written, *read_to) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
+            kafka)
     return CollectorOutputs(deliveries, dead_letters)

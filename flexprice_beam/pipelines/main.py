@@ -80,7 +80,7 @@ def remote_options(cfg: CollectorConfig, beam_args: list[str]):
     if std.runner in (None, "DirectRunner", "direct", "FnApiRunner", "PrismRunner"):
         return None
     kafka = cfg.input.kafka
-    if kafka is not None and not kafka.max_records and not kafka.max_read_time:
+    if kafka is not None and not kafka.bounded:
         std.streaming = True
     return options
 
