@@ -15,8 +15,9 @@ setup(
     packages=find_packages(include=["flexprice_beam", "flexprice_beam.*"]),
     python_requires=">=3.10",
     install_requires=[
-        f"apache-beam>={_BEAM},<{_MAJOR}.{int(_MINOR) + 1}",
+        f"apache-beam[aws]>={_BEAM},<{_MAJOR}.{int(_MINOR) + 1}",  # [aws]: s3:// dead letters
         "kafka-python>=2.0.2,<4",
+        "crc32c>=2.3,<3",  # kafka-python's record CRC check in C (bounded Kafka reads)
         "requests>=2.31,<3",
         "pydantic>=2.7,<3",
         "jmespath>=1.0,<2",

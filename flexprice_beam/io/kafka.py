@@ -266,7 +266,9 @@ class CommitDeliveredOffsets(beam.PTransform):
     """Bounded runs: commit the group's offsets once, after every event was delivered.
 
     The input is ``(deliveries, dead_letters)``: an event is handled once it was accepted
-    or dead-lettered at any stage.
+    or dead-lettered at any stage; the bounded reader adds a third, the last offset it read
+    per partition range, which covers records mapping filtered out (they were handled too:
+    the commit still waits for every delivery and dead letter).
     The combine completes only when the whole bounded input did, so a run killed midway
     commits nothing and its restart re-reads from the last commit; the re-read events are
     byte-identical and Flexprice deduplicates them.
@@ -277,11 +279,11 @@ class CommitDeliveredOffsets(beam.PTransform):
         self._cfg = cfg
 
     def expand(self, pcolls):
-        deliveries, dead_letters = pcolls
+        deliveries, dead_letters, *read_to = pcolls
         delivered = deliveries | "DeliveredOffsets" >> beam.FlatMap(delivered_offsets)
         dead = dead_letters | "DeadLetterOffsets" >> beam.FlatMap(
             lambda d: _offset_of(d.get("origin")))
-        return ((delivered, dead) | "Handled" >> beam.Flatten()
+        return ((delivered, dead, *read_to) | "Handled" >> beam.Flatten()
                 | "MaxOffsetPerPartition" >> beam.CombinePerKey(max)
                 | "AllPartitions" >> beam.combiners.ToList()
                 | "Commit" >> beam.ParDo(_CommitFn(self._cfg)))

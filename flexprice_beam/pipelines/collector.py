@@ -53,8 +53,8 @@ _USE_INSTEAD = {
     "output.flexprice.api_key": "api_key_env: FLEXPRICE_API_KEY (a variable set on the workers), "
                                 "api_key_file: /path/on/the/workers, or api_key_secret: "
                                 "projects/P/secrets/S/versions/V (Secret Manager)",
-    "input.kafka.sasl.password": "password_env: KAFKA_SASL_PASSWORD (a variable set on the "
-                                 "workers; Kafka's EnvVarConfigProvider reads it there)",
+    "sasl.password": "password_env: KAFKA_SASL_PASSWORD (a variable set on the workers; "
+                     "Kafka's EnvVarConfigProvider reads it there)",
 }
 
 
@@ -72,13 +72,15 @@ def refuse_literal_secrets(cfg: CollectorConfig, options: PipelineOptions) -> No
     literal = []
     if cfg.output.flexprice.api_key is not None:
         literal.append("output.flexprice.api_key")
-    sasl = cfg.input.kafka.sasl if cfg.input.kafka is not None else None
-    if sasl is not None and sasl.password is not None:
-        literal.append("input.kafka.sasl.password")
+    for path, kafka in (("input.kafka", cfg.input.kafka), ("output.dead_letter.kafka",
+                                                        cfg.output.dead_letter.kafka)):
+        if kafka is not None and kafka.sasl is not None and kafka.sasl.password is not None:
+            literal.append(f"{path}.sasl.password")
     if literal:
         raise ConfigError("\n".join(
             [f"{runner} would write these secrets into the job graph; pass a reference instead:"]
-            + [f"  {k}: use {_USE_INSTEAD[k]}" for k in literal]))
+            + [f"  {k}: use {_USE_INSTEAD.get(k, _USE_INSTEAD['sasl.password'])}"
+               for k in literal]))
 
 
 def is_streaming(p: beam.Pipeline) -> bool:
@@ -90,6 +92,10 @@ def read_records(cfg: CollectorConfig, streaming: bool, expansion_service: str |
     """The configured source as a PTransform PBegin → PCollection[list[Record]]."""
     if cfg.input.generate is not None:
         return GenerateEvents(cfg.input.generate)
+    if cfg.input.kafka.bounded and not streaming:
+        from flexprice_beam.io.kafka_range import ReadKafkaRange
+
+        return ReadKafkaRange(cfg.input.kafka)  # a range fixed at the start, then the end
     from flexprice_beam.io.kafka import ReadKafkaRecords  # Java expansion only when used
 
     # Streaming runners commit offsets when a checkpoint that covers delivery completes;
@@ -116,10 +122,15 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     expansion = p.options.view_as(CollectorOptions).kafka_expansion_service
     prism = "prism" in str(p.options.view_as(StandardOptions).runner).lower()
     records = p | "Read" >> read_records(cfg, streaming, expansion, prism)
+    read_to = ()
+    if isinstance(records, beam.pvalue.DoOutputsTuple):  # the bounded Kafka range reader
+        from flexprice_beam.io.kafka_range import READ_TO
+
+        records, read_to = records.records, (records[READ_TO],)
     mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
         DEAD_LETTER, main="events")
     valid = mapped.events | "Validate" >> beam.ParDo(
-        ValidateEvents(cfg.pipeline.max_event_bytes)).with_outputs(
+        ValidateEvents(cfg.pipeline.max_event_bytes, cfg.pipeline.big_numbers)).with_outputs(
         DEAD_LETTER, main="valid")
     written = valid.valid | "WriteToFlexprice" >> (sink or WriteToFlexprice(cfg.output.flexprice))
     dead = [mapped[DEAD_LETTER], valid[DEAD_LETTER]]
@@ -129,10 +140,11 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
         deliveries = written.deliveries
     dead_letters = tuple(dead) | "CollectDeadLetters" >> beam.Flatten()
     written = dead_letters | "WriteDeadLetters" >> (
-        dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter.path))
-    if cfg.input.kafka is not None and deliveries is not None and not streaming:
+        dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter))
+    kafka = cfg.input.kafka
+    if kafka is not None and kafka.commit_offsets and deliveries is not None and not streaming:
         from flexprice_beam.io.kafka import CommitDeliveredOffsets
 
-        (deliveries, written) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
-            cfg.input.kafka)
+        (deliveries, written, *read_to) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
+            kafka)
     return CollectorOutputs(deliveries, dead_letters)

@@ -231,7 +231,7 @@ def for_cluster(cfg: CollectorConfig) -> CollectorConfig:
     the API key file absolute."""
     out = cfg.output
     path = out.dead_letter.path
-    if "://" not in str(path) and not os.path.isabs(path):
+    if path and "://" not in path and not os.path.isabs(path):
         out = out.model_copy(update={"dead_letter": out.dead_letter.model_copy(
             update={"path": os.path.abspath(path)})})
     key_file = out.flexprice.api_key_file

@@ -101,7 +101,7 @@ def remote_options(cfg: CollectorConfig, beam_args: list[str]):
     if std.runner is None or std.runner in LOCAL_RUNNERS:
         return None
     kafka = cfg.input.kafka
-    if kafka is not None and not kafka.max_records and not kafka.max_read_time:
+    if kafka is not None and not kafka.bounded:
         std.streaming = True
     return options
 

@@ -61,6 +61,10 @@ class RunSummary:
     seconds: float = 0.0
     state: str = ""
     error: str | None = None
+    #: ``run --read-back``: what the API holds of a sample of the accepted events
+    #: (``io.readback.Held.as_dict()``) and its one-line rendering
+    held: dict | None = None
+    held_text: str | None = None
 
     @property
     def balanced(self) -> bool:
@@ -89,6 +93,8 @@ class RunSummary:
                 "yes, read = accepted + dead-lettered + filtered" if self.balanced else
                 "NO — counts do not balance"),
         ]
+        if self.held_text:
+            lines.append(f"API holds:      {self.held_text}")
         if self.error:
             lines.append(f"error:          {self.error}")
         return "\n".join(lines)
@@ -172,11 +178,12 @@ def _start_metrics(metrics: str | MetricsServer | None, options: PipelineOptions
 def pipeline_options(beam_args: list[str], cfg: CollectorConfig | None = None
                      ) -> PipelineOptions:
     """Beam options with our local defaults: FnApiRunner for bounded runs; Prism (streaming)
-    for Kafka input without max_records/max_read_time, which must consume until stopped."""
+    for Kafka input without a range or limit (``KafkaInput.bounded``), which must consume
+    until stopped."""
     options = PipelineOptions(beam_args)
     std = options.view_as(StandardOptions)
     kafka = cfg.input.kafka if cfg is not None else None
-    unbounded_kafka = kafka is not None and not kafka.max_records and not kafka.max_read_time
+    unbounded_kafka = kafka is not None and not kafka.bounded
     if std.runner is None and unbounded_kafka:
         std.runner = collector.LOCAL_PRISM
         std.streaming = True
@@ -197,7 +204,7 @@ def find_prism() -> str:
             return str(c)
     raise ValueError("unbounded Kafka input runs on Prism, and no Prism binary was found: run "
                      "`scripts/kafka.sh install-prism` (or set BEAM_PRISM_LOCATION), or bound "
-                     "the run with input.kafka.max_records / max_read_time")
+                     "the run with input.kafka.stop_at_end (or max_records / max_read_time)")
 
 
 _KAFKA_ERROR = re.compile(r"org\.apache\.kafka\.common\.errors\.(\w+): ([^\n\\]+)")
@@ -216,6 +223,14 @@ def kafka_failure(text: str) -> str | None:
     if ssl:
         message += f" ({ssl.group(1).strip()[:300]}) — check input.kafka.tls.ca_file"
     return message
+
+
+def kafka_read_failure(exc: BaseException) -> str | None:
+    """The bounded reader's own message (``KafkaReadError``), without the runner's wrapping."""
+    if type(exc).__name__ == "KafkaReadError":
+        return str(exc).strip()
+    m = re.search(r"KafkaReadError: (Kafka[^\n]+)", str(exc))
+    return m.group(1).strip() if m else None
 
 
 def _auth_message(exc: BaseException) -> str | None:
@@ -270,7 +285,7 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
         summary = summarize(result)
         summary.state = str(state)
     except Exception as exc:  # the runner wraps worker errors in its own exception types
-        message = _auth_message(exc) or kafka_failure(str(exc))
+        message = _auth_message(exc) or kafka_failure(str(exc)) or kafka_read_failure(exc)
         summary.error = message or f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
         summary.state = "FAILED"
         log.error("Pipeline failed: %s", summary.error)
@@ -290,6 +305,8 @@ def _kafka_expansion(cfg: CollectorConfig, options: PipelineOptions):
     """Point Kafka input at an expansion service; start a local one when none is given."""
     if cfg.input.kafka is None:
         return None
+    if cfg.input.kafka.bounded and not options.view_as(StandardOptions).streaming:
+        return None  # the bounded range reader is Python (io/kafka_range.py)
     ours = options.view_as(collector.CollectorOptions)
     if not ours.kafka_expansion_service:
         ours.kafka_expansion_service = os.environ.get(ENV_ADDRESS) or None
