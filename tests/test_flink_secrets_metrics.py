@@ -64,9 +64,11 @@ def scrape_all(ports: str) -> dict[str, str]:
     return out
 
 
-def collector_counters(texts: dict[str, str], job_name: str) -> dict[str, float]:
+def collector_counters(texts: dict[str, str], job_name: str, per_tm: dict | None = None
+                       ) -> dict[str, float]:
     """Our Beam counters (namespace ``flexprice``) of ``job_name``, summed over operators,
-    subtasks and TaskManagers, keyed by the Beam metric name."""
+    subtasks and TaskManagers, keyed by the Beam metric name (``per_tm``: filled with
+    {tm_id: {name: value}})."""
     from prometheus_client.parser import text_string_to_metric_families
 
     job_label = re.sub(r"[^A-Za-z0-9_]", "_", job_name)  # the reporter's label sanitizing
@@ -80,6 +82,9 @@ def collector_counters(texts: dict[str, str], job_name: str) -> dict[str, float]
             for s in fam.samples:
                 if s.labels.get("job_name") == job_label:
                     total[name] = total.get(name, 0.0) + s.value
+                    if per_tm is not None:
+                        tm = per_tm.setdefault(s.labels.get("tm_id", "?"), {})
+                        tm[name] = tm.get(name, 0.0) + s.value
     return total
 
 
@@ -178,7 +183,7 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
         summary = tmp_path / "submission.json"
         proc = subprocess.run(
             [sys.executable, "-m", "flexprice_beam", "run", "-c", str(cfg_path), "--runner",
-             "flink", "--flink-master", rest.base,
+             "flink", "--flink-master", rest.base, "--parallelism", "2",
              "--checkpointing-interval", "3s", "--summary-json", str(summary)],
             cwd=ROOT, capture_output=True, text=True, timeout=300,
             env={**os.environ, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster["BEAM_JOB_ENDPOINT"]})
@@ -202,6 +207,12 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
             >= first["events_dead_lettered"] + 7 else None), 60, every=2)
         print(f"\nTaskManager counters: first {first}\nsecond {second}")
         assert second["events_accepted"] == 250 and second["events_dead_lettered"] == 12
+        per_tm: dict = {}
+        collector_counters(scrape_all(ports), job_name, per_tm)
+        busy = [tm for tm, c in per_tm.items() if c.get("events_accepted", 0) > 0]
+        print(f"events_accepted per TaskManager: "
+              f"{ {tm: c.get('events_accepted') for tm, c in per_tm.items()} }")
+        assert len(busy) == 2, per_tm  # parallelism 2, one subtask on each TaskManager
         # the request-latency distribution, as the sum/count pair a reporter can export
         assert second["request_latency_ms_count"] == second["requests_sent"] >= 2
         assert second["request_latency_ms_sum"] >= 20 * second["request_latency_ms_count"]
