@@ -38,8 +38,21 @@ def rfc3339(ts: dt.datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
+#: seconds → "YYYY-MM-DDTHH:MM:SS." for rfc3339_from_millis; records of a backlog share
+#: seconds, and formatting a datetime is ~80 % of decoding a Kafka record (docs/benchmarks.md)
+_SECOND_PREFIX: dict[int, str] = {}
+
+
 def rfc3339_from_millis(millis: int) -> str:
-    return rfc3339(dt.datetime.fromtimestamp(millis / 1000, tz=dt.timezone.utc))
+    """``rfc3339`` of a Unix time in ms (the same text), formatting each second only once."""
+    sec, ms = divmod(millis, 1000)
+    prefix = _SECOND_PREFIX.get(sec)
+    if prefix is None:
+        if len(_SECOND_PREFIX) >= 100_000:
+            _SECOND_PREFIX.clear()
+        prefix = rfc3339(dt.datetime.fromtimestamp(sec, tz=dt.timezone.utc))[:-4]
+        _SECOND_PREFIX[sec] = prefix
+    return f"{prefix}{ms:03d}Z"
 
 
 def stable_id(prefix: str, *parts: Any) -> str:

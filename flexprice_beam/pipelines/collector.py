@@ -19,6 +19,7 @@ from flexprice_beam.config import CollectorConfig
 from flexprice_beam.io.dead_letter import WriteDeadLetters
 from flexprice_beam.io.generate import GenerateEvents
 from flexprice_beam.io.sink import WriteToFlexprice
+from flexprice_beam.transforms.batches import Batch
 from flexprice_beam.transforms.mapping import DEAD_LETTER, MapRecords
 from flexprice_beam.transforms.validate import ValidateEvents
 
@@ -74,10 +75,10 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     expansion = p.options.view_as(CollectorOptions).kafka_expansion_service
     prism = "prism" in str(p.options.view_as(StandardOptions).runner).lower()
     records = p | "Read" >> read_records(cfg, streaming, expansion, prism)
-    mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
-        DEAD_LETTER, main="events")
+    mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_output_types(
+        Batch).with_outputs(DEAD_LETTER, main="events")
     valid = mapped.events | "Validate" >> beam.ParDo(
-        ValidateEvents(cfg.pipeline.max_event_bytes)).with_outputs(
+        ValidateEvents(cfg.pipeline.max_event_bytes)).with_output_types(Batch).with_outputs(
         DEAD_LETTER, main="valid")
     written = valid.valid | "WriteToFlexprice" >> (sink or WriteToFlexprice(cfg.output.flexprice))
     dead = [mapped[DEAD_LETTER], valid[DEAD_LETTER]]
