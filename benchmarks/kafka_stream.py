@@ -211,7 +211,7 @@ def watch(mock: Mock, count: int, meter: CpuMeter, timeout: float,
         cpu = meter.sample() + mock.cpu()
         busy = machine_busy_seconds()
         if stored and first is None:
-            first, cpu_first, busy_first = now, cpu, busy
+            first, cpu_first, busy_first, stored_first = now, cpu, busy, stored
             snap, mock_first = meter.snapshot(), mock.cpu()
             if on_first is not None:
                 on_first()
@@ -225,13 +225,17 @@ def watch(mock: Mock, count: int, meter: CpuMeter, timeout: float,
     if first is not None and last is not None and last > first:
         wall = last - first
         cpu = cpu_last - cpu_first
-        res.update(wall=wall, events_per_s=count / wall, cpu_s=cpu,
-                   per_cpu_s=count / cpu if cpu else 0.0,
+        done = count - stored_first  # what was stored inside the window
+        res.update(wall=wall, events_per_s=done / wall, cpu_s=cpu,
+                   per_cpu_s=done / cpu if cpu else 0.0, stored_at_first_poll=stored_first,
                    foreign_cores=max(0.0, (busy_last - busy_first) - cpu) / wall,
                    total_s=last - t0,
                    cpu_by_process={**meter.by_process(snap),
                                    "stand-in": round(mock.cpu() - mock_first, 2)})
-    res["loadavg"] = _read("/proc/loadavg").split()[:3]
+    st = mock.stats()
+    ingest = sum(v for k, v in st["requests_by_route"].items() if "events" in k)
+    res.update(requests=ingest, events_per_request=stored / ingest if ingest else 0.0,
+               loadavg=_read("/proc/loadavg").split()[:3])
     return res
 
 
@@ -239,7 +243,7 @@ def py_spy(pids: list[int], out: Path, seconds: float = 6) -> list[subprocess.Po
     """Sample Python processes with py-spy (requirements-dev.txt) while the drain runs."""
     exe = Path(PY).parent / "py-spy"
     return [subprocess.Popen([str(exe), "record", "--pid", str(p), "--duration", str(seconds),
-                              "--rate", "100", "--format", "raw", "--nonblocking",
+                              "--rate", "100", "--format", "raw", "--nonblocking", "--gil",
                               "-o", f"{out}-{p}.txt"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL) for p in pids]
 
@@ -288,8 +292,16 @@ def run_prism(mock: Mock, count: int, partitions: int, workdir: Path,
     return res
 
 
+def jfr(pid: int, out: Path, seconds: float = 8) -> subprocess.Popen:
+    """A JDK Flight Recorder profile of a JVM (the TaskManager) while the drain runs."""
+    return subprocess.Popen(["jcmd", str(pid), "JFR.start", f"duration={int(seconds)}s",
+                             "settings=profile", f"filename={out}-{pid}.jfr"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_flink(mock: Mock, count: int, partitions: int, parallelism: int, workdir: Path,
-              extra_args: list[str] | None = None, timeout: float = 600) -> dict:
+              extra_args: list[str] | None = None, timeout: float = 600,
+              profile: Path | None = None) -> dict:
     """K3: submit the collector to the local Flink cluster, drain the backlog, cancel."""
     from flexprice_beam.config import CollectorConfig
     from flexprice_beam.pipelines import flink
@@ -313,8 +325,16 @@ def run_flink(mock: Mock, count: int, partitions: int, parallelism: int, workdir
     if sub.error or not sub.job_id:
         return {"runner": "flink", "parallelism": parallelism, "ok": False,
                 "error": sub.error or "not submitted"}
+    def on_first() -> None:
+        if profile is None:
+            return
+        tm = [p for p in meter.seen if meter.names.get(p) == "taskmanager"]
+        workers = [p for p in meter.seen if meter.names.get(p) == "sdk-worker (python)"]
+        for p in tm:
+            jfr(p, profile)
+        py_spy(workers, profile)
     try:
-        res = watch(mock, count, meter, timeout)
+        res = watch(mock, count, meter, timeout, on_first=on_first)
     finally:
         rest.cancel(sub.job_id)
         rest.wait_state(sub.job_id, ("CANCELED", "FAILED", "FINISHED"), 120)
@@ -355,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                             profile=args.profile)
         else:
             res = run_flink(mock, args.count, args.partitions, args.parallelism, workdir,
-                            args.extra.split())
+                            args.extra.split(), profile=args.profile)
     finally:
         mock.stop()
     print(line(res))

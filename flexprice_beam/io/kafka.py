@@ -186,7 +186,7 @@ class _DecodeAndBatchFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._batch: list[Record] = []
 
-    def process(self, rec) -> list[list[Record]] | None:
+    def process(self, rec) -> list[list[Record]] | None:  # noqa: RET503 - None: no output
         # Not a generator, and counters once per batch: this runs once per Kafka record,
         # where a generator object and a Beam counter update each cost about as much as
         # orjson.loads (docs/benchmarks.md, "Kafka read path").
@@ -200,7 +200,6 @@ class _DecodeAndBatchFn(beam.DoFn):
             self._batch = []
             self._count(batch)
             return [batch]
-        return None
 
     def _count(self, batch: list[Record]) -> None:
         self._read.inc(len(batch))
