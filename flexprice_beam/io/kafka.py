@@ -47,8 +47,11 @@ def security_protocol(cfg: KafkaInput) -> str:
 
 
 def java_consumer_config(cfg: KafkaInput) -> dict[str, str]:
-    """The Java KafkaConsumer properties for ``ReadFromKafka``."""
-    conf = {
+    """The Java KafkaConsumer properties for ``ReadFromKafka``: the pass-through
+    ``consumer_properties`` first; config.py refuses those that the keys below set."""
+    conf = {k: str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in cfg.consumer_properties.items()}
+    conf |= {
         "bootstrap.servers": ",".join(cfg.addresses),
         "group.id": cfg.consumer_group,
         "auto.offset.reset": "earliest" if cfg.start_from_oldest else "latest",
