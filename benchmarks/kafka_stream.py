@@ -356,6 +356,15 @@ def line(res: dict) -> str:
             f"cores; loadavg {' '.join(res['loadavg'])})" + ("" if res.get("ok") else " [NOT OK]"))
 
 
+def summary(res: dict) -> str:
+    """One table cell: the rate, the per-CPU rate and what loaded the machine."""
+    if "events_per_s" not in res:
+        return f"not measured: {res.get('error') or res.get('stored')}"
+    return (f"{res['events_per_s']:,.0f} ev/s, {res['per_cpu_s']:,.0f} ev/CPU-s "
+            f"(load {res['loadavg'][0]}, other processes {res['foreign_cores']:.1f} cores)"
+            + ("" if res.get("ok") else " [NOT OK]"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runner", choices=("prism", "flink"))

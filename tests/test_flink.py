@@ -186,7 +186,8 @@ def test_streaming_kafka_to_flexprice_on_flink_survives_taskmanager_loss(cluster
              "--runner", "flink", "--flink-master", rest.base, "--parallelism", "2",
              "--checkpointing-interval", "3s", "--summary-json", str(summary)],
             cwd=ROOT, capture_output=True, text=True, timeout=300,
-            env={**os.environ, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster.get(
+            # every address as `scripts/flink.sh env` reports it (FLINK_REST_PORT & co.)
+            env={**os.environ, **cluster, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster.get(
                 "BEAM_JOB_ENDPOINT", "localhost:8099")})
         sub = json.loads(summary.read_text()) if summary.exists() else {}
         jid = sub.get("job_id")
