@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import uuid
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,8 @@ def leftovers(names: tuple[str, ...], since_pids: set[int]) -> list[str]:
     for d in os.listdir("/proc"):
         if d.isdigit() and int(d) not in since_pids:
             cmd = _read(f"/proc/{d}/cmdline").replace("\0", " ")
-            if any(n in cmd for n in names):
+            state = _read(f"/proc/{d}/stat").rsplit(")", 1)[-1].split()[:1]
+            if any(n in cmd for n in names) and state != ["Z"]:
                 out.append(f"{d}: {cmd[:120]}")
     return out
 
@@ -283,6 +285,7 @@ def run_prism(mock: Mock, count: int, partitions: int, workdir: Path,
         proc.kill()
         proc.wait()
     log.close()
+    res["leftover_after_1s"] = leftovers(("prism", "expansion-service"), before)
     time.sleep(1)
     res.update(runner="prism", count=count, partitions=partitions, topic=topic,
                exit_code=proc.returncode,
@@ -356,6 +359,61 @@ def line(res: dict) -> str:
             f"cores; loadavg {' '.join(res['loadavg'])})" + ("" if res.get("ok") else " [NOT OK]"))
 
 
+class _Header(typing.NamedTuple):
+    key: str
+    value: bytes
+
+
+def per_record_costs(n: int = 100_000) -> dict[str, float]:
+    """µs per record of the Python read-path steps, best of 5 (the issue's data points)."""
+    import datetime as dt
+    import pickle
+    import timeit
+    import typing
+
+    import orjson
+    from apache_beam.coders import RowCoder
+    from apache_beam.typehints.schemas import named_tuple_to_schema
+
+    from flexprice_beam.events import rfc3339, rfc3339_from_millis
+    from flexprice_beam.io.kafka import decode
+
+    class KafkaRow(typing.NamedTuple):  # the fields of Beam's ReadFromKafka metadata row
+        topic: str
+        partition: int
+        offset: int
+        timestamp: int
+        timestampTypeId: int
+        timestampTypeName: str
+        key: typing.Optional[bytes]  # noqa: UP045 - Beam's schema inference wants these
+        value: typing.Optional[bytes]  # noqa: UP045
+        headers: list[_Header]
+
+    rng = random.Random(1)
+    value = event_value(rng, ["cust-00001"])
+    row = KafkaRow("kbench-topic", 2, 123456, 1764590000123, 0, "CreateTime", b"123456", value, [])
+    coder = RowCoder(named_tuple_to_schema(KafkaRow))
+    encoded = coder.encode(row)
+    ms = 1764590000123
+
+    def best(fn, k=n) -> float:
+        return min(timeit.repeat(fn, number=k, repeat=5)) / k * 1e6
+
+    batch = [decode("kbench-topic", 2, 123456 + i, ms + i, b"k", value, 1 << 20) for i in range(500)]
+    return {
+        "RowCoder.decode (metadata row)": best(lambda: coder.decode(encoded)),
+        "io/kafka.decode() now": best(lambda: decode("kbench-topic", 2, 123456, ms, b"123456",
+                                                     value, 1 << 20)),
+        "  of which the record time, formatted per record (before)": best(
+            lambda: rfc3339(dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc))),
+        "  of which the record time, cached per second (now)": best(
+            lambda: rfc3339_from_millis(ms)),
+        "orjson.loads of the value": best(lambda: orjson.loads(value)),
+        "Beam size sample of one 500-record batch, pickled (before), per batch": best(
+            lambda: pickle.dumps(batch, pickle.HIGHEST_PROTOCOL), 200),
+    }
+
+
 def summary(res: dict) -> str:
     """One table cell: the rate, the per-CPU rate and what loaded the machine."""
     if "events_per_s" not in res:
@@ -367,7 +425,7 @@ def summary(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("runner", choices=("prism", "flink"))
+    ap.add_argument("runner", choices=("prism", "flink", "micro"))
     ap.add_argument("--count", type=int, default=300_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--parallelism", type=int, default=1)
@@ -376,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--profile", type=Path, help="py-spy raw profiles to this path prefix")
     args = ap.parse_args(argv)
+    if args.runner == "micro":
+        for k, v in per_record_costs().items():
+            print(f"{k:<72} {v:8.2f} µs")
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="kbench-"))
     mock = Mock(workdir)
     try:

@@ -195,8 +195,6 @@ class _DecodeAndBatchFn(beam.DoFn):
         # orjson.loads (docs/benchmarks.md, "Kafka read path").
         r = decode(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value,
                    self._max_bytes)
-        if self._track:
-            TRACKER.read(rec.topic, rec.partition, rec.offset)
         batch = self._batch
         batch.append(r)
         if len(batch) >= self._batch_size:
@@ -205,6 +203,9 @@ class _DecodeAndBatchFn(beam.DoFn):
             return [batch]
 
     def _count(self, batch: list[Record]) -> None:
+        """Per batch, before it is emitted: counters, and the offset tracker (Prism)."""
+        if self._track:
+            TRACKER.read_many([r.origin for r in batch])
         self._read.inc(len(batch))
         bad = sum(1 for r in batch if r.error is not None)
         if bad:
