@@ -9,7 +9,7 @@ setup(
     packages=find_packages(include=["flexprice_beam", "flexprice_beam.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "apache-beam>=2.77.0,<2.78",
+        "apache-beam[aws]>=2.77.0,<2.78",  # [aws]: s3:// dead letters
         "kafka-python>=2.0.2,<4",
         "requests>=2.31,<3",
         "pydantic>=2.7,<3",

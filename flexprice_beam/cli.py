@@ -108,6 +108,8 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     except Exception as exc:  # construction errors: bad options, unreachable expansion service
         log.error("Could not start the pipeline: %s", exc)
         return 2
+    if args.read_back is not None and not args.dry_run and summary.accepted:
+        _read_back(cfg, summary, args.read_back)
     if args.summary_json:
         with open(args.summary_json, "w", encoding="utf-8") as f:
             json.dump(summary.as_dict(), f, indent=2)
@@ -138,6 +140,25 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
                   summary.read, summary.accepted, summary.dead_lettered, summary.filtered)
         return 3
     return 0
+
+
+def _read_back(cfg: CollectorConfig, summary, wait: float) -> None:
+    """``run --read-back``: look for a sample of the accepted events in Flexprice. Never an
+    error: 202 means queued, so what is not readable yet is reported as queued."""
+    from flexprice_beam.io.client import FlexpriceClient
+    from flexprice_beam.io.readback import read_back
+    from flexprice_beam.ops import live
+
+    sample = live.LIVE.accepted_sample()
+    if not sample:  # the sink ran in other processes (a portable runner): nothing to look up
+        summary.held_text = "no sample of the accepted events in this process to read back"
+        return
+    client = FlexpriceClient(cfg.output.flexprice)
+    try:
+        held = read_back(client, sample, wait)
+    finally:
+        client.close()
+    summary.held, summary.held_text = held.as_dict(), held.render()
 
 
 def _run_flink(args: argparse.Namespace, cfg: CollectorConfig, beam_args: list[str]) -> int:
@@ -181,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.add_argument("--log-format", choices=["text", "json"])
     run.add_argument("--summary-json", help="also write the run summary to this file")
+    run.add_argument("--read-back", type=float, metavar="SECONDS", default=None,
+                     help="after the run, read a sample of the accepted events back from "
+                          "Flexprice, waiting up to SECONDS for what is still queued (its "
+                          "store is fed by a throttled queue consumer); reported, never fatal")
     run.add_argument("--dry-run-dead-letters", default="-",
                      help="where a dry run writes its dead letters (JSON Lines, - = stderr); "
                           "the dead-letter directory is left alone")
@@ -237,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return cmd_run(args, beam_args)
     if args.command in ops_commands.COMMANDS:
+        args.beam_args = beam_args  # FileSystems options (--s3_endpoint_url, …) for replay
         return ops_commands.COMMANDS[args.command](args)
     return 2
 

@@ -2,7 +2,8 @@
 
 The shape follows the Bento collector's YAML (``input`` / ``pipeline`` / ``output``) so a
 Bento config ports over by renaming processors, not by relearning the file.  ``${VAR}`` and
-``${VAR:default}`` are expanded from the environment before validation; durations are strings
+``${VAR:default}`` are expanded from the environment inside each parsed scalar value (never in
+the raw text, so a secret holding ``#``, ``: `` or a quote stays one value); durations are strings
 such as ``50ms``/``1s``/``2m`` and sizes ``4MB``/``512KiB``.  Unknown keys are errors.
 """
 
@@ -12,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -229,6 +231,9 @@ class PipelineConfig(_Model):
         None, description="field: JMESPath expression (or a literal) evaluated on each record")
     mapping_fn: str | None = Field(None, description='"package.module:function" record -> event')
     stringify_properties: bool = False
+    big_numbers: Literal["dead_letter", "string"] = Field(
+        "dead_letter", description="a property number beyond ±2^53 (which Flexprice would store "
+        "rounded): dead-letter the event naming the field, or send the number as a string")
     max_event_bytes: ByteSize = Field(
         1024 * 1024, ge=256, le=MAX_EVENT_BYTES,
         description="a mapped event larger than this (serialised) is dead-lettered, not sent")
@@ -252,10 +257,21 @@ class BatchingConfig(_Model):
 
 
 class RetryConfig(_Model):
-    max_attempts: int = Field(10, ge=1)
+    """Transient errors (429, 5xx, network) retry with backoff until ``max_elapsed``; a 429's
+    ``Retry-After`` is honoured. A rate-limit storm is the most transient error there is, so
+    the default bound is time only; ``max_attempts`` is an opt-in count limit."""
+
+    max_attempts: int | None = Field(None, ge=1, description="opt-in limit on tries per batch")
     initial_backoff: Duration = 0.2
     max_backoff: Duration = 30.0
     max_elapsed: Duration = 600.0
+
+
+#: RFC 9110 token characters.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: Headers the client sets itself; ``headers:`` may not replace them.
+_OWN_HEADERS = frozenset({"x-api-key", "x-environment-id", "content-type", "content-length",
+                          "host", "transfer-encoding", "connection", "accept", "user-agent"})
 
 
 class FlexpriceOutput(_Model):
@@ -271,6 +287,43 @@ class FlexpriceOutput(_Model):
     retry: RetryConfig = RetryConfig()
     skip_cert_verify: bool = False
     allow_insecure: bool = False
+    #: sent as ``X-Environment-ID``: needed by keys from the server's config file (self-hosted),
+    #: which carry no environment; API-created keys are bound to one and need none
+    environment_id: str | None = Field(None, min_length=1, max_length=255)
+    #: extra headers on every request (an API gateway's own token, a tenant routing header)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+
+    @field_validator("environment_id")
+    @classmethod
+    def _clean_environment(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        if not v or not all(0x21 <= ord(ch) <= 0x7E for ch in v):
+            raise ValueError("environment_id must be printable ASCII without spaces")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        out = {}
+        for name, value in v.items():
+            if not _HEADER_NAME_RE.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if name.lower() in _OWN_HEADERS:
+                raise ValueError(f"header {name!r} is set by the collector itself"
+                                 + (" (use environment_id)" if name.lower() == "x-environment-id"
+                                    else " (use api_key)" if name.lower() == "x-api-key" else ""))
+            text = value.get_secret_value().strip()
+            if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+                raise ValueError(f"header {name!r} holds a control character (value not shown)")
+            try:
+                text.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name!r} holds characters HTTP headers cannot carry "
+                                 "(value not shown)") from None
+            out[name] = SecretStr(text)
+        return out
 
     @property
     def base_url(self) -> str:
@@ -328,8 +381,33 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+class DeadLetterKafka(_Model):
+    """A dead-letter topic (Kafka Connect's ``errors.deadletterqueue.topic.name`` role)."""
+
+    addresses: list[str] = Field(min_length=1)
+    topic: str = Field(min_length=1)
+    tls: TlsConfig = TlsConfig()
+    sasl: SaslConfig | None = None
+
+    @field_validator("addresses")
+    @classmethod
+    def _split(cls, v: list[str]) -> list[str]:
+        # ``${KAFKA_BROKERS}`` may expand to "a:9092,b:9092".
+        return [a.strip() for item in v for a in item.split(",") if a.strip()]
+
+
 class DeadLetterOutput(_Model):
-    path: str = "./dead-letter"
+    """Where dead letters go: files under any Beam FileSystems URL (local, ``s3://``,
+    ``gs://``, ``hdfs://``), a Kafka topic, or both (every letter goes to each)."""
+
+    path: str | None = "./dead-letter"
+    kafka: DeadLetterKafka | None = None
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> DeadLetterOutput:
+        if not self.path and self.kafka is None:
+            raise ValueError("dead letters need a 'path' or a 'kafka' topic (or both)")
+        return self
 
 
 class OutputConfig(_Model):
@@ -360,10 +438,33 @@ class CollectorConfig(_Model):
 # ---------------------------------------------------------------- loading
 
 
-def interpolate(text: str, env: dict[str, str] | None = None) -> str:
-    """Expand ``${VAR}`` / ``${VAR:default}``; an unset variable without default stays empty."""
+def interpolate(text: str, env: Mapping[str, str] | None = None) -> str:
+    """Expand ``${VAR}`` / ``${VAR:default}`` in one string, once: an expanded value is never
+    expanded again, so a secret that itself contains ``${`` stays as it is. An unset
+    variable without a default becomes empty."""
     env = os.environ if env is None else env
     return _ENV_RE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), text)
+
+
+def interpolate_values(data: Any, env: Mapping[str, str] | None = None) -> Any:
+    """``interpolate`` inside every string *value* of a parsed YAML tree (keys untouched).
+
+    Expanding after parsing means no value can change the file's structure: ``abc #def``
+    stays ``abc #def`` (in the raw text, ``#`` started a comment) and ``a: b`` or a quote
+    stays one string. A value that is exactly one ``${VAR}`` and expands to nothing is None,
+    as ``key:`` would be, so it is reported as empty, naming its field.
+    """
+    env = os.environ if env is None else env
+    if isinstance(data, dict):
+        return {k: interpolate_values(v, env) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate_values(v, env) for v in data]
+    if isinstance(data, str) and "${" in data:
+        out = interpolate(data, env)
+        if out == "" and _ENV_RE.fullmatch(data.strip()):
+            return None
+        return out
+    return data
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -381,7 +482,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """The parser's complaint and position, without PyYAML's snippet of the line: that is
-    the text after ``${VAR}`` expansion, so it can show the API key or a SASL password."""
+    the raw file, which may hold an API key or a SASL password written in literally."""
     if not isinstance(exc, yaml.MarkedYAMLError):
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     parts = []
@@ -395,11 +496,14 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 def load_config_text(text: str, source: str = "<config>",
                      env: dict[str, str] | None = None) -> CollectorConfig:
     try:
-        data = yaml.safe_load(interpolate(text, env))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+        hint = ('; if a ${VAR} placeholder sits inside {…} or […], quote it: "${VAR}"'
+                if "${" in text else "")
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}{hint}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with input/output keys")
+    data = interpolate_values(data, env)
     try:
         return CollectorConfig.model_validate(data)
     except ValidationError as exc:

@@ -20,6 +20,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 #: Property values Flexprice aggregates: numbers or strings (and booleans are refused).
 PropertyValue = int | float | str
 
+#: What Go's ``strings.TrimSpace`` removes (``unicode.IsSpace``): Flexprice trims
+#: ``event_name`` with it. Python's bare ``str.strip()`` would also remove U+001C..U+001F.
+GO_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+            "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+#: Fields trimmed as the server trims them, before ids, dead letters and ``check`` see them.
+#: The server trims ``event_name`` (domain/events.NewEvent); ``external_customer_id`` is
+#: trimmed too, so a padded id cannot silently bill a customer no one created.
+TRIMMED = ("event_name", "external_customer_id")
+#: Property numbers beyond ±2^53 lose precision on the server (float64): 2^53 + 1 is stored
+#: as 2^53. ``pipeline.big_numbers`` decides what happens to them.
+EXACT_LIMIT = 2**53
+
+
+def trim_names(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` with ``event_name``/``external_customer_id`` trimmed as the server does."""
+    for name in TRIMMED:
+        v = event.get(name)
+        if type(v) is str:
+            t = v.strip(GO_SPACE)
+            if t is not v:
+                event[name] = t
+    return event
+
 
 @dataclass(slots=True)
 class Record:
@@ -102,7 +125,9 @@ class FlexpriceEvent(BaseModel):
 
     @field_validator("event_name", "external_customer_id", "event_id")
     @classmethod
-    def _not_blank(cls, v: str) -> str:
+    def _not_blank(cls, v: str, info: Any) -> str:
+        if info.field_name in TRIMMED:
+            v = v.strip(GO_SPACE)
         if not v.strip():
             raise ValueError("must not be blank")
         return v

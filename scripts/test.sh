@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Command 2 of the README (what .ci/run calls): install everything, start the real
-# components the tests need (Kafka broker, Flink cluster), run pytest, stop them again.
+# components the tests need (Kafka broker, Flink cluster, MinIO), run pytest, stop them again.
 #
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh -k sink         # extra arguments go to pytest
@@ -13,11 +13,18 @@ started=$(date +%s)
 ./scripts/bootstrap.sh
 
 stop_services() {
+  [ -x scripts/minio.sh ] && scripts/minio.sh stop >/dev/null 2>&1 || true
   [ -x scripts/flink.sh ] && scripts/flink.sh stop >/dev/null 2>&1 || true
   [ -x scripts/kafka.sh ] && scripts/kafka.sh stop >/dev/null 2>&1 || true
 }
 if [ -z "${SKIP_SERVICES:-}" ]; then
   trap stop_services EXIT
+  # MinIO's cold build (go install) takes minutes: run it while the JVM services install.
+  minio_install=""
+  if [ -x scripts/minio.sh ]; then
+    scripts/minio.sh install > .cache/minio-install.log 2>&1 &
+    minio_install=$!
+  fi
   if [ -x scripts/kafka.sh ]; then
     scripts/kafka.sh install
     scripts/kafka.sh install-prism     # local streaming runner for unbounded Kafka input
@@ -29,6 +36,11 @@ if [ -z "${SKIP_SERVICES:-}" ]; then
     scripts/flink.sh install
     scripts/flink.sh start
     eval "$(scripts/flink.sh env)"
+  fi
+  if [ -n "$minio_install" ]; then
+    wait "$minio_install" || { tail -20 .cache/minio-install.log; echo "test.sh: MinIO build failed" >&2; exit 1; }
+    scripts/minio.sh start
+    eval "$(scripts/minio.sh env)"
   fi
   echo "test.sh: services ready after $(( $(date +%s) - started ))s"
 fi

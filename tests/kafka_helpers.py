@@ -15,7 +15,12 @@ def ensure_broker() -> dict[str, str]:
     """Install/start the broker if needed (idempotent) and return its ``env`` settings."""
     for step in ("install", "start", "wait"):
         subprocess.run([str(SCRIPT), step], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    out = subprocess.run([str(SCRIPT), "env"], check=True, cwd=ROOT, capture_output=True,
+    return script_env(SCRIPT)
+
+
+def script_env(script: Path) -> dict[str, str]:
+    """The ``export K=V`` lines a service script's ``env`` command prints, as a dict."""
+    out = subprocess.run([str(script), "env"], check=True, cwd=ROOT, capture_output=True,
                          text=True).stdout
     env = {}
     for line in out.splitlines():

@@ -150,6 +150,37 @@ def _wait(what: str, cond, timeout: float, every: float = 1.0, on_poll=None):
         time.sleep(every)
 
 
+def collector_config(path: Path, bootstrap: str, topic: str, group: str, mock,
+                     dead_letter: dict) -> Path:
+    """The collector YAML of the Flink tests: Kafka in, the stand-in out, patient retries."""
+    path.write_text(yaml.safe_dump({
+        "input": {"kafka": {"addresses": [bootstrap], "topics": [topic],
+                            "consumer_group": group, "start_from_oldest": True}},
+        "output": {"flexprice": {"api_host": mock.host_port, "api_key": API_KEY,
+                                 "scheme": "http", "batching": {"count": 500, "period": "1s"},
+                                 "max_in_flight": 4, "timeout": "5s",
+                                 "retry": {"max_attempts": 30, "initial_backoff": "100ms",
+                                           "max_backoff": "2s", "max_elapsed": "5m"}},
+                   "dead_letter": dead_letter},
+        "logger": {"level": "INFO"}}))
+    return path
+
+
+def submit_job(cfg_path: Path, rest, cluster: dict, summary: Path,
+               beam_args: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, dict]:
+    """``flexprice-beam run --runner flink`` at parallelism 2, checkpoints every 3 s."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "flexprice_beam", "run", "-c", str(cfg_path),
+         "--runner", "flink", "--flink-master", rest.base, "--parallelism", "2",
+         "--checkpointing-interval", "3s", "--summary-json", str(summary),
+         *(["--", *beam_args] if beam_args else [])],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        # every address as `scripts/flink.sh env` reports it (FLINK_REST_PORT & co.)
+        env={**os.environ, **cluster, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster.get(
+            "BEAM_JOB_ENDPOINT", "localhost:8099")})
+    return proc, (json.loads(summary.read_text()) if summary.exists() else {})
+
+
 def test_streaming_kafka_to_flexprice_on_flink_survives_taskmanager_loss(cluster, mock_api,
                                                                           tmp_path):
     from kafka import KafkaAdminClient
@@ -165,31 +196,14 @@ def test_streaming_kafka_to_flexprice_on_flink_survives_taskmanager_loss(cluster
     admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
     producer = Producer(bootstrap, topic)
     mock_api.track_receive_times()
-    cfg_path = tmp_path / "flink.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "input": {"kafka": {"addresses": [bootstrap], "topics": [topic],
-                            "consumer_group": group, "start_from_oldest": True}},
-        "output": {"flexprice": {"api_host": mock_api.host_port, "api_key": API_KEY,
-                                 "scheme": "http", "batching": {"count": 500, "period": "1s"},
-                                 "max_in_flight": 4, "timeout": "5s",
-                                 "retry": {"max_attempts": 30, "initial_backoff": "100ms",
-                                           "max_backoff": "2s", "max_elapsed": "5m"}},
-                   "dead_letter": {"path": str(tmp_path / "dead-letter")}},
-        "logger": {"level": "INFO"}}))
+    cfg_path = collector_config(tmp_path / "flink.yaml", bootstrap, topic, group, mock_api,
+                                {"path": str(tmp_path / "dead-letter")})
     summary = tmp_path / "submission.json"
     jid = None
     watch = lambda: _check_commits_follow_delivery(admin, group, mock_api, topic)  # noqa: E731
     try:
         started = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-m", "flexprice_beam", "run", "-c", str(cfg_path),
-             "--runner", "flink", "--flink-master", rest.base, "--parallelism", "2",
-             "--checkpointing-interval", "3s", "--summary-json", str(summary)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-            # every address as `scripts/flink.sh env` reports it (FLINK_REST_PORT & co.)
-            env={**os.environ, **cluster, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster.get(
-                "BEAM_JOB_ENDPOINT", "localhost:8099")})
-        sub = json.loads(summary.read_text()) if summary.exists() else {}
+        proc, sub = submit_job(cfg_path, rest, cluster, summary)
         jid = sub.get("job_id")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert sub["tasks_running"] and jid in proc.stdout

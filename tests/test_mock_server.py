@@ -71,8 +71,7 @@ def test_auth_missing_wrong_forbidden(fp):
     r = requests.post(url, json=ev(), headers={"x-api-key": "nope"})
     assert r.status_code == 401 and r.json() == {"error": "Unauthorized"}
     r = requests.post(url, json=ev(), headers={"x-api-key": "forbidden-key"})
-    body = assert_error_shape(r, 403, "permission_denied")
-    assert body["message"] == "insufficient permissions"
+    assert r.status_code == 403 and r.text == '{"message":"insufficient permissions"}'
     assert fp.events() == [] and fp.received_count == 0
 
 
@@ -99,21 +98,22 @@ def test_single_accept_with_and_without_id(fp, s):
     assert fp.requests_log[-1] == ("POST", "/v1/events", 202, 1)
 
 
-@pytest.mark.parametrize("event, fragment", [
-    ({"external_customer_id": "c"}, "event_name"),
-    ({"event_name": "", "external_customer_id": "c"}, "event_name"),
-    ({"event_name": "x", "external_customer_id": ""}, "external_customer_id"),
-    ({"event_name": "x", "external_customer_id": "c", "timestamp": "2024-06-01T12:00:00"}, "timestamp"),
-    ({"event_name": "x", "external_customer_id": "c", "timestamp": "2024-13-01T12:00:00Z"}, "timestamp"),
-    ({"event_name": "x", "external_customer_id": "c", "timestamp": 1717243200}, "timestamp"),
-    ({"event_name": "x", "external_customer_id": "c", "properties": "v=1"}, "properties"),
-    ({"event_name": 5, "external_customer_id": "c"}, "event_name"),
+@pytest.mark.parametrize("event", [
+    {"external_customer_id": "c"},
+    {"event_name": "", "external_customer_id": "c"},
+    {"event_name": "x", "external_customer_id": ""},
+    {"event_name": "x", "external_customer_id": "c", "timestamp": "2024-06-01T12:00:00"},
+    {"event_name": "x", "external_customer_id": "c", "timestamp": "2024-13-01T12:00:00Z"},
+    {"event_name": "x", "external_customer_id": "c", "timestamp": 1717243200},
+    {"event_name": "x", "external_customer_id": "c", "properties": "v=1"},
+    {"event_name": 5, "external_customer_id": "c"},
 ])
-def test_single_validation_errors(fp, s, event, fragment):
+def test_single_validation_errors(fp, s, event):
+    # The server says only this, whatever is wrong (it logs the cause, it does not send it).
     r = s.post(fp.url + "/v1/events", json=event)
     body = assert_error_shape(r, 400, "validation_error")
-    assert body["message"].startswith("Invalid request payload")
-    assert fragment in body["message"]
+    assert body == {"code": "validation_error", "message": "Invalid request payload",
+                    "http_status_code": 400}
     assert fp.events() == []
 
 
@@ -129,10 +129,11 @@ def test_timestamp_forms_accepted(fp, s):
 
 
 def test_nested_error_style():
-    with MockFlexprice(error_style="nested") as m:
+    with MockFlexprice(error_style="nested") as m:  # servers before April 2026 (opt-in)
         r = requests.post(m.url + "/v1/events", json={}, headers=H)
         body = r.json()
-        assert r.status_code == 400 and body["error"]["code"] == "validation_error"
+        assert r.status_code == 400 and body["success"] is False
+        assert body["error"]["code"] == "validation_error"
 
 
 # ----------------------------------------------------------------------------- bulk
@@ -163,13 +164,14 @@ def test_bulk_1000_is_fine(fp, s):
     assert r.status_code == 202
 
 
-def test_bulk_body_over_32mib_is_400_and_connection_survives(fp, s):
+def test_bulk_body_over_32mib_is_400_and_connection_closes(fp, s):
     big = b'{"events":[]}' + b" " * (32 << 20)
     r = s.post(fp.url + "/v1/events/bulk", data=big, headers={"content-type": "application/json"})
     body = assert_error_shape(r, 400, "validation_error")
     assert "exceeds the maximum size" in body["message"]
+    assert r.headers["Connection"] == "close"  # as net/http after MaxBytesReader tripped
     assert s.post(fp.url + "/v1/events", json=ev()).status_code == 202
-    assert fp.stats()["connections_opened"] == 1  # drained, keep-alive kept
+    assert fp.stats()["connections_opened"] == 2  # the next request needed a new one
 
 
 def test_bulk_invalid_event_partial_publish(fp, s):
@@ -177,8 +179,9 @@ def test_bulk_invalid_event_partial_publish(fp, s):
     del events[3]["event_name"]
     r = s.post(fp.url + "/v1/events/bulk", json={"events": events})
     body = assert_error_shape(r, 400, "validation_error")
-    assert "events[3]" in body["message"] and "event_name" in body["message"]
-    assert body["details"]["event_index"] == 3
+    assert body["message"] == "Request validation failed"  # no index: the client must bisect
+    assert body["details"] == {"EventName": "Key: 'IngestEventRequest.EventName' Error:Field "
+                                            "validation for 'EventName' failed on the 'required' tag"}
     # default server config publishes event by event: 0..2 are already in
     assert sorted(e["event_id"] for e in fp.events()) == ["ev-0", "ev-1", "ev-2"]
 
@@ -188,7 +191,8 @@ def test_bulk_invalid_event_no_partial_publish(fp, s):
     events = [ev(i) for i in range(6)]
     events[4]["external_customer_id"] = ""
     r = s.post(fp.url + "/v1/events/bulk", json={"events": events})
-    assert "events[4].external_customer_id" in assert_error_shape(r, 400, "validation_error")["message"]
+    body = assert_error_shape(r, 400, "validation_error")
+    assert body["message"] == "Request validation failed" and set(body["details"]) == {"ExternalCustomerID"}
     assert fp.events() == []
 
 
@@ -197,7 +201,7 @@ def test_bulk_bind_error_stores_nothing(fp, s):
     events[3]["timestamp"] = "yesterday"
     r = s.post(fp.url + "/v1/events/bulk", json={"events": events})
     body = assert_error_shape(r, 400, "validation_error")
-    assert body["message"].startswith("Invalid request payload") and "events[3].timestamp" in body["message"]
+    assert body["message"] == "Invalid request payload" and "details" not in body
     assert fp.events() == []
 
 
@@ -427,7 +431,7 @@ def test_reject_every_nth_is_deterministic_per_event(fp, s):
     assert bad and len(bad) < 40
     r = s.post(fp.url + "/v1/events/bulk", json={"events": events})
     body = assert_error_shape(r, 400, "validation_error")
-    assert f"events[{bad[0]}]" in body["message"] and body["details"]["event_index"] == bad[0]
+    assert body["message"] == "Request validation failed" and "details" not in body
     for i, e in enumerate(events):  # resend singly: the same ones fail again
         r = s.post(fp.url + "/v1/events", json=e)
         assert r.status_code == (400 if i in bad else 202)
@@ -451,6 +455,8 @@ def test_fail_all_status(fp, s, status):
         assert r.status_code == status
     if status == 401:
         assert r.json() == {"error": "Unauthorized"}
+    elif status == 403:  # the permission middleware's own body
+        assert r.json() == {"message": "insufficient permissions"}
     else:
         assert r.json()["http_status_code"] == status
     if status == 429:

@@ -219,12 +219,15 @@ def test_full_disk_under_the_dead_letters_fails_the_run_naming_it(mock_api, tmp_
         code, out, err = finish(proc, 60)
         assert code == 1, f"{code}\n{out}\n{err[-2000:]}"
         assert expect in out and "cannot write dead letters to" in out, out
+        # Each bundle's file is committed whole (temporary name, then rename) or not at all:
+        # what is visible parses line by line, and the failed attempt left no temporary file.
         files = list((target / "dl").glob("*.jsonl"))
-        lines = [line for f in files for line in f.read_bytes().split(b"\n")]
-        assert lines[-1] == b"", "the file must end with a whole line"
-        assert all(json.loads(line) for line in lines[:-1])
+        lines = [line for f in files for line in f.read_bytes().split(b"\n")[:-1]]
+        assert all(f.read_bytes().endswith(b"\n") for f in files), "a torn file is visible"
+        assert all(json.loads(line) for line in lines)
+        assert not list((target / "dl").rglob(".tmp/*")), "the failed attempt's file remains"
         record(f"full disk under the dead letters ({how})", exit_code=code,
-               letters_on_disk=len(lines) - 1, error=expect)
+               letters_on_disk=len(lines), committed_files=len(files), error=expect)
     finally:
         if mounted:
             with contextlib.suppress(Exception):

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from flexprice_beam.config import FlexpriceOutput
+from flexprice_beam.config import MAX_BODY_BYTES, FlexpriceOutput
 from flexprice_beam.io.retry import parse_retry_after
 
 log = logging.getLogger("flexprice_beam.client")
@@ -66,6 +66,8 @@ class Answer:
     #: why no answer will ever come on retrying, so the run stops: "certificate" (it does not
     #: verify) or "proxy" (HTTPS_PROXY refused our credentials); None otherwise
     fatal: str | None = None
+    #: how the status was known when no response was read (an oversize body's broken pipe)
+    note: str | None = None
 
     @property
     def kind(self) -> Kind:
@@ -83,6 +85,8 @@ class Answer:
     def describe(self) -> str:
         if self.status is None:
             return f"no response: {self.error}"
+        if self.note:
+            return f"HTTP {self.status} (assumed: {self.note}; {self.error})"
         text = self.body.strip().replace("\n", " ")
         return f"HTTP {self.status}: {text[:500]}" if text else f"HTTP {self.status}"
 
@@ -117,6 +121,12 @@ class FlexpriceClient:
             "Accept": "application/json",
             "User-Agent": "flexprice-beam",
         }
+        if cfg.environment_id:  # a config-file key (self-hosted) carries no environment
+            self._headers["X-Environment-ID"] = cfg.environment_id
+        self._headers.update((k, v.get_secret_value()) for k, v in cfg.headers.items())
+        self.environment_id = cfg.environment_id
+        # extra header values may be gateway tokens: redact them like the key
+        self._secrets = [self._secret, *(v.get_secret_value() for v in cfg.headers.values())]
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
@@ -170,9 +180,35 @@ class FlexpriceClient:
         try:
             conn.request(method, self._prefix + path, body=body, headers=self._headers)
         except (OSError, http.client.HTTPException, ValueError) as exc:
+            answer = self._early_answer(conn, exc, body, started)
             conn.close()
-            return self._failed(exc, started)
+            return answer
         return None
+
+    def _early_answer(self, conn: http.client.HTTPConnection, exc: BaseException,
+                      body: bytes | None, started: float) -> Answer:
+        """Sending failed. Flexprice answers a body over its 32 MiB cap with 400 and
+        ``Connection: close`` before reading it all, so the write breaks: that 400 may already
+        be waiting in the socket — read it. A body over the cap that broke without any answer
+        is that same 400 (resending it whole can never succeed; splitting it can), not a
+        network error to retry."""
+        if isinstance(exc, OSError) and not isinstance(exc, TimeoutError) \
+                and conn.sock is not None:
+            try:
+                conn.sock.settimeout(min(self._timeout, 2.0))  # the peer has hung up already
+                resp = conn.getresponse()
+                data = resp.read()
+                return Answer(resp.status, data.decode("utf-8", "replace"),
+                              parse_retry_after(resp.getheader("Retry-After")),
+                              latency=time.monotonic() - started)
+            except (OSError, http.client.HTTPException, ValueError):
+                pass
+        if isinstance(exc, OSError) and body is not None and len(body) > MAX_BODY_BYTES:
+            return Answer(400, "", error=self._redact(_describe(exc, self.base_url)),
+                          latency=time.monotonic() - started,
+                          note=f"the connection broke while sending a {len(body)}-byte body, "
+                               f"over Flexprice's {MAX_BODY_BYTES}-byte cap (an oversize 400)")
+        return self._failed(exc, started)
 
     def receive(self, conn: http.client.HTTPConnection, started: float) -> tuple[Answer, bool]:
         """Read the answer to the request sent on ``conn``: ``(answer, conn still usable)``."""
@@ -213,9 +249,8 @@ class FlexpriceClient:
     def _redact(self, text: str) -> str:
         """Error texts end up in logs and dead letters: never with the key in them (http.client
         quotes a header value it cannot send, e.g. a key with a stray newline)."""
-        if not self._secret:
-            return text
-        forms = {self._secret, repr(self._secret)[1:-1], self._secret.strip()} - {""}
+        forms = {f for secret in self._secrets if secret
+                 for f in (secret, repr(secret)[1:-1], secret.strip())} - {""}
         for form in sorted(forms, key=len, reverse=True):  # raw, as repr() quotes it, trimmed
             text = text.replace(form, "***")
         return text
@@ -236,6 +271,20 @@ class FlexpriceClient:
 
     def close(self) -> None:
         self._drop()
+
+
+def auth_advice(answer: Answer, environment_id: str | None) -> str:
+    """What to fix after a 401/403, from the server's own words."""
+    if answer.status == 403 and "environment" in answer.body.lower():
+        if environment_id:
+            return (f"environment {environment_id!r} does not exist for this key's tenant — "
+                    "check output.flexprice.environment_id")
+        return ("this key carries no environment (a key from the server's config file, as on "
+                "a self-hosted Flexprice): set output.flexprice.environment_id, sent as "
+                "X-Environment-ID")
+    if answer.status == 403:
+        return "the key lacks permission for this call — check its roles in Flexprice"
+    return "check output.flexprice.api_key / FLEXPRICE_API_KEY"
 
 
 def bulk_body(bodies: list[bytes]) -> bytes:

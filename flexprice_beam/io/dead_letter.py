@@ -1,10 +1,12 @@
-"""``WriteDeadLetters``: JSON Lines files of everything that could not be delivered.
+"""``WriteDeadLetters``: everything that could not be delivered, kept where it survives.
 
-Each worker appends to its own file under ``output.dead_letter.path`` and fsyncs before a
-bundle completes, so a dead letter is on disk before the runner considers its input done.
-A write error (full disk, no permission) fails the bundle: the runner retries it or the
-run fails, and the input is never silently lost.  The open file carries an exclusive
-``flock`` so ``replay-dead-letters`` leaves a file alone while a pipeline still appends.
+Letters go to JSON Lines files under ``output.dead_letter.path`` — any Beam FileSystems URL,
+so ``s3://``/``gs://`` outlive the worker that wrote them — one file per bundle committed
+atomically (``dead_letter_files``), and/or to a Kafka topic (``dead_letter_topic``).  A
+bundle finishes only when its letters are durable in every target, so the runner never
+acknowledges (Flink: never checkpoints, and so never commits the Kafka offsets of) an input
+whose letter could still be lost.  A write error (full disk, no permission, the store or
+broker down) fails the bundle: the runner retries it or the run fails, nothing is dropped.
 A dry run prints its dead letters instead (``PrintDeadLetters``), leaving the real ones be.
 """
 
@@ -13,16 +15,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import sys
 import threading
-import uuid
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import orjson
 
+from flexprice_beam.config import DeadLetterOutput
+from flexprice_beam.io.dead_letter_files import AtomicFile, join, new_name
 from flexprice_beam.io.offsets import TRACKER as OFFSETS
 from flexprice_beam.ops import live
 
@@ -105,48 +106,12 @@ def lock_file(f, blocking: bool = True) -> bool:
     return True
 
 
-class _WriteDeadLettersFn(beam.DoFn):
-    def __init__(self, path: str):
-        self._path = path
+class _CountingFn(beam.DoFn):
+    """Counts each letter written, in total and by (stage, status)."""
+
+    def __init__(self):
         self._counters: dict[tuple[str, Any], Any] = {}
         self._total = live.counter("events_dead_lettered")
-
-    def setup(self) -> None:
-        Path(self._path).mkdir(parents=True, exist_ok=True)
-        self._file_path = Path(self._path) / f"dead-letters-{uuid.uuid4().hex[:12]}.jsonl"
-        self._file = None
-
-    def _open(self):
-        f = open(self._file_path, "ab", buffering=0)  # every letter reaches the OS at once
-        lock_file(f)
-        log.warning("Writing dead letters to %s", self._file_path)
-        return f
-
-    def process(self, letter: dict[str, Any]):
-        if self._file is None:
-            self._file = self._open()
-        self._append(encode_dead_letter(letter))
-        self._count(letter)
-        OFFSETS.done(letter.get("origin"))
-        yield letter  # written: only now may its Kafka offset be committed
-
-    def _append(self, data: bytes) -> None:
-        """Whole lines only: a write that fails (full disk, quota, file size limit) is cut
-        back off and raised with the file's name, failing the bundle (no silent loss); a
-        retried bundle then appends clean lines, not to half of one."""
-        f = self._file
-        start = os.lseek(f.fileno(), 0, os.SEEK_END)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[f.write(view):]
-        except OSError as exc:
-            try:
-                os.ftruncate(f.fileno(), start)
-            except OSError:
-                pass
-            raise OSError(exc.errno, f"cannot write dead letters to {self._file_path}: "
-                                     f"{exc.strerror or exc}") from exc
 
     def _count(self, letter: dict[str, Any]) -> None:
         self._total.inc()
@@ -157,35 +122,81 @@ class _WriteDeadLettersFn(beam.DoFn):
             counter = self._counters[key] = live.counter(f"dead_lettered_{key[0]}_{status}")
         counter.inc()
 
+
+class _WriteDeadLettersFn(_CountingFn):
+    """Per bundle: one atomically committed file (if ``path``) and/or acknowledged sends to
+    a topic (if ``kafka``); ``finish_bundle`` returns only once both hold every letter."""
+
+    def __init__(self, cfg: DeadLetterOutput):
+        super().__init__()
+        self._path = cfg.path
+        self._kafka = cfg.kafka
+
+    def setup(self) -> None:
+        self._producer = None
+        if self._kafka is not None:
+            from flexprice_beam.io.dead_letter_topic import DeadLetterProducer
+
+            self._producer = DeadLetterProducer(self._kafka)
+
+    def start_bundle(self) -> None:
+        # A bundle that failed leaves its attempt behind: its file is dropped (it was never
+        # visible) and its sends forgotten (copies the retried bundle sends again).
+        if getattr(self, "_file", None) is not None:
+            self._file.abort()
+        if self._producer is not None:
+            self._producer.forget()
+        self._file: AtomicFile | None = None
+        self._origins: list[Any] = []
+
+    def process(self, letter: dict[str, Any]):
+        data = encode_dead_letter(letter)
+        if self._path:
+            if self._file is None:
+                self._file = AtomicFile(join(self._path, new_name()))
+            self._file.write(data)
+        if self._producer is not None:
+            self._producer.send(letter, data)
+        self._origins.append(letter.get("origin"))
+        self._count(letter)
+        yield letter  # its bundle commits only after finish_bundle made it durable
+
     def finish_bundle(self) -> None:
+        if self._producer is not None:
+            self._producer.commit()
         if self._file is not None:
-            try:
-                os.fsync(self._file.fileno())
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot write dead letters to {self._file_path}: "
-                                         f"{exc.strerror or exc}") from exc
+            path = self._file.commit()
+            self._file = None
+            log.info("Dead letters: %d written to %s", len(self._origins), path)
+        for origin in self._origins:  # only now may their Kafka offsets be committed (Prism)
+            OFFSETS.done(origin)
+        self._origins = []
 
     def teardown(self) -> None:
         if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
+            self._file.abort()
+        if self._producer is not None:
+            self._producer.close()
 
 
 class WriteDeadLetters(beam.PTransform):
-    """PCollection[dead-letter dict] → files; returns the letters once written."""
+    """PCollection[dead-letter dict] → files and/or a topic; returns the letters once they
+    are durable (offsets may then be committed behind them)."""
 
-    def __init__(self, path: str):
+    def __init__(self, cfg: DeadLetterOutput | str):
         super().__init__()
-        self._path = path
+        self._cfg = DeadLetterOutput(path=cfg) if isinstance(cfg, str) else cfg
 
     def expand(self, pcoll):
-        return pcoll | "AppendJsonLines" >> beam.ParDo(_WriteDeadLettersFn(self._path))
+        return pcoll | "AppendJsonLines" >> beam.ParDo(_WriteDeadLettersFn(self._cfg))
 
 
-class _PrintDeadLettersFn(_WriteDeadLettersFn):
+class _PrintDeadLettersFn(_CountingFn):
     """Dry run: the same lines and counters, to stderr (``-``) or one file, no lock."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self._path = target
 
     def setup(self) -> None:
         self._file = None
@@ -210,7 +221,6 @@ class _PrintDeadLettersFn(_WriteDeadLettersFn):
     def teardown(self) -> None:
         if self._file is not None and self._path != "-":
             self._file.close()
-
 
 
 class PrintDeadLetters(beam.PTransform):

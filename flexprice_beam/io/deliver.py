@@ -18,7 +18,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-from flexprice_beam.io.client import Answer, FlexpriceAuthError, FlexpriceClient, Kind
+from flexprice_beam.io.client import (
+    Answer,
+    FlexpriceAuthError,
+    FlexpriceClient,
+    Kind,
+    auth_advice,
+)
 from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.logs import Sampler, log_events
 from flexprice_beam.ops.shutdown import STOP
@@ -174,9 +180,9 @@ class EventDeliverer:
                            "test server only, set output.flexprice.skip_cert_verify: true; "
                            "stopping without retries")
                 else:
-                    why = (f"Flexprice refused the API key: {answer.describe()} — check "
-                           "output.flexprice.api_key / FLEXPRICE_API_KEY; stopping without "
-                           "retries")
+                    why = (f"Flexprice refused the API key: {answer.describe()} — "
+                           f"{auth_advice(answer, self.client.environment_id)}; stopping "
+                           "without retries")
                 # The other senders stop with the same words: whichever error the runner
                 # reports then names the cause, not just "another request failed".
                 self._first_stop_reason = self._first_stop_reason or why

@@ -35,9 +35,9 @@ def parse_retry_after(value: str | None) -> float | None:
 
 @dataclass
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by attempts and elapsed time."""
+    """Exponential backoff with jitter, bounded by elapsed time (and, opt-in, by attempts)."""
 
-    max_attempts: int = 10
+    max_attempts: int | None = None
     initial_backoff: float = 0.2
     max_backoff: float = 30.0
     max_elapsed: float = 600.0
@@ -54,8 +54,9 @@ class RetryPolicy:
         return retry_after if retry_after else jittered
 
     def gives_up(self, attempt: int, started: float, next_delay: float) -> bool:
-        """True once ``attempt`` tries were made or the next wait would pass ``max_elapsed``."""
-        if attempt >= self.max_attempts:
+        """True once the next wait would pass ``max_elapsed`` (or ``max_attempts`` tries,
+        when that opt-in limit is set, were made)."""
+        if self.max_attempts is not None and attempt >= self.max_attempts:
             return True
         return time.monotonic() + next_delay - started > self.max_elapsed
 

@@ -345,6 +345,9 @@ class _FlexpriceSinkFn(beam.DoFn):
                 counter = self._retry_causes[cause] = live.counter(f"retries_{cause}")
             counter.inc(n)
         self._accepted.inc(outcome.accepted_count)
+        for part in outcome.accepted:  # one per batch, for ``run --read-back``
+            if part and live.LIVE.sampling:
+                live.LIVE.sample_accepted(part[0].event["event_id"], part[0].event["timestamp"])
         self._in_flight.set(self._backlog())
         if OFFSETS.enabled:  # dead letters: once written (dead_letter.py)
             for item in outcome.accepted_items():

@@ -12,19 +12,34 @@ see ``validation.py`` for the error shapes and ``store.py`` for the dedup rule. 
 Choices taken from the server source, where the notes/spec left room:
 
 * Error bodies are the flat ``errors.ErrorResponse`` ``{code, message, http_status_code,
-  details?}`` (the spec and the Go struct agree; API-NOTES.md's ``{"error": {...}}`` wrapper is
-  available as ``error_style="nested"``). 401 is ``{"error": "Unauthorized"}``.
+  details?}``, byte for byte as gin writes them (``tests/fixtures/flexprice/``). A single-event
+  400 says exactly ``Invalid request payload``; a bulk 400 ``Request validation failed`` with
+  ``details`` keyed by Go field name and no event index. Servers older than April 2026 wrapped
+  errors as ``{"success": false, "error": {...}}``: ``error_style="nested"`` (opt-in).
+  401 is ``{"error": "Unauthorized"}``.
+* Auth: ``api_key`` is an environment-scoped key (made through the API: no header needed);
+  ``config_key`` is a key from the server's config file, which carries no environment: every
+  request must send ``X-Environment-ID: <environment_id>``, else 403 ``{"error": "Access
+  denied", "message": "Invalid or inaccessible environment"}``.
 * A body over 32 MiB is answered **400** ``validation_error`` "Request body exceeds the maximum
-  size; ..." (MaxBytesReader surfaces through the bind error path), not 413. The stand-in
-  drains the body so the keep-alive connection survives.
+  size; ..." with ``Connection: close``, after reading only up to the cap (as Go's
+  MaxBytesReader does); the rest is discarded for a short linger, then the socket closes, so
+  a client still writing a much larger body can get a broken pipe.
 * ``POST /events/bulk`` with a bad event: 400 for the whole request, but with the server's
   default ``bulk_publish_enabled: false`` the events *before* the bad one are already
   published -- reproduced by ``bulk_partial_publish`` (default true). Type errors (bad
   timestamp, wrong JSON type) fail the JSON bind first and store nothing.
+* An ``event_name`` of only whitespace passes the server's checks (202), is published trimmed
+  to "" and refused by its store: lost. The stand-in answers 202 and stores nothing
+  (``stats()["lost_blank_name"]``).
 * Dedup key is ``(event_id, timestamp truncated to ms in UTC)`` (ClickHouse ``DateTime64(3)``
   in a ``ReplacingMergeTree``); the latest version of a key wins.
+* ``queued=True``: 202 means queued, not stored. Events reach the store ``queue_delay_s``
+  later at ``queue_rate`` events/s (the server's consumer: ~12/s by default), and repeats of a
+  key stay visible to read-back until ``merge()`` (read-back has no FINAL).
 * ``/features/search`` only includes ``meter`` when ``expand`` contains ``meters``.
-* Read-back without ``start_time`` covers the last 7 days only, as on the server.
+* Read-back without ``start_time`` covers the last 7 days only; ``GET /v1/events`` pages at
+  most 50, as on the server.
 """
 
 from __future__ import annotations
@@ -54,6 +69,7 @@ import orjson
 from .faults import DROP_OUTCOMES, OK, FaultConfig, FaultEngine
 from .store import Catalog, EventStore
 from .validation import (
+    ENV_DENIED_BODY,
     MAX_BODY_BYTES,
     MAX_BULK_EVENTS,
     MSG_BODY_TOO_LARGE,
@@ -66,6 +82,8 @@ from .validation import (
     error_body,
     format_ms,
     go_required_detail,
+    go_trim,
+    missing_all,
     missing_required,
     new_ulid,
     now_ms,
@@ -80,7 +98,6 @@ HTML = "text/html"
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
-_DRAIN_CAP = 1 << 30  # oversized bodies up to this are read and discarded (keeps keep-alive)
 _GO_ZERO_TIME_MS = -62135596800000  # "0001-01-01T00:00:00Z": Go's zero time means "use now"
 _SORT = orjson.OPT_SORT_KEYS
 _GATEWAY_HTML = {
@@ -236,22 +253,22 @@ class _Handler(BaseHTTPRequestHandler):
             if len(data) < n:
                 raise OSError("connection closed mid-body")
             return data, False
-        if n > _DRAIN_CAP:  # answer without reading, then close
-            self.close_connection = True
-            return b"", True
-        remaining = n
+        # Over the cap: read up to it (as MaxBytesReader does), answer, and close; the rest
+        # is left to ``linger``.
+        self.close_connection = True
+        remaining = limit + 1
         while remaining:
             chunk = self.rfile.read(min(remaining, 1 << 20))
             if not chunk:
                 raise OSError("connection closed mid-body")
             remaining -= len(chunk)
+        self._unread = n - limit - 1
         return b"", True
 
     def _read_chunked(self, limit: int) -> tuple[bytes, bool]:
         rfile = self.rfile
         chunks: list[bytes] = []
         total = 0
-        over = False
         while True:
             size_line = rfile.readline(_MAX_LINE + 1)
             if not size_line:
@@ -267,13 +284,11 @@ class _Handler(BaseHTTPRequestHandler):
             rfile.readline(_MAX_LINE + 1)
             total += size
             if total > limit:
-                over = True
-                chunks = []
-            elif not over:
-                chunks.append(data)
-            if total > _DRAIN_CAP:
-                raise ValueError("chunked body too large")
-        return b"".join(chunks), over
+                self.close_connection = True
+                self._unread = None  # unknown: linger until the writer stops
+                return b"", True
+            chunks.append(data)
+        return b"".join(chunks), False
 
     def _write(self, status: int, body: bytes, ctype: str = JSON, extra: tuple = ()) -> None:
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
@@ -284,6 +299,32 @@ class _Handler(BaseHTTPRequestHandler):
             head.append("Connection: close\r\n")
         head.append("\r\n")
         self.wfile.write("".join(head).encode("latin-1") + body)  # one write, one segment train
+
+    def linger(self, seconds: float) -> None:
+        """After an oversize 400: half-close, keep reading (and discarding) what the client
+        still sends for up to ``seconds``, so it can read our answer; then the caller closes.
+        Go's server does the same (``closeWriteAndWait``, 500 ms)."""
+        sock = self.connection
+        try:
+            self.wfile.flush()
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        unread = getattr(self, "_unread", None)
+        deadline = time.monotonic() + seconds
+        while seconds > 0 and (unread is None or unread > 0):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                sock.settimeout(left)
+                data = sock.recv(1 << 20)
+            except OSError:
+                break
+            if not data:
+                break
+            if unread is not None:
+                unread -= len(data)
 
     def _safe_write(self, status: int, body: bytes, ctype: str) -> None:
         try:
@@ -320,8 +361,26 @@ class MockFlexprice:
                  environment_id: str = "env_mock", tenant_id: str = "tenant_mock",
                  error_style: str = "flat", seed_defaults: bool = False,
                  log_limit: int = 200_000, verbose: bool = False,
-                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 config_key: str | None = None, queued: bool = False,
+                 queue_delay_s: float = 1.0, queue_rate: float = 12.0,
+                 oversize_linger_s: float = 0.5,
+                 gateway_headers: dict[str, str] | None = None) -> None:
         self.tls_cert, self.tls_key = tls_cert, tls_key  # both set: serve https
+        #: a key from the server's config file: needs ``X-Environment-ID`` on every request
+        self.config_key = config_key
+        #: after an oversize 400, how long the rest of the body is still read before closing
+        #: (Go's rstAvoidanceDelay is 500 ms); 0 closes at once (a writer gets EPIPE/RST)
+        self.oversize_linger_s = oversize_linger_s
+        #: a gateway in front of the API: every /v1 request must carry these headers, else
+        #: the gateway (not Flexprice) answers 401 ``{"message":"Unauthorized"}``
+        self.gateway_headers = {k.lower(): v for k, v in (gateway_headers or {}).items()}
+        #: tests: keep every ingest request's raw body (``bodies``), to compare resends byte
+        #: for byte (the store compares canonical JSON)
+        self.keep_bodies = False
+        self.bodies: list[bytes] = []
+        if queued and queue_rate <= 0:
+            raise ValueError("queue_rate must be > 0")
         if error_style not in ("flat", "nested"):
             raise ValueError("error_style must be 'flat' or 'nested'")
         cfg = faults if isinstance(faults, FaultConfig) else FaultConfig.from_dict(faults)
@@ -344,7 +403,8 @@ class MockFlexprice:
         self.error_style = error_style
         self.verbose = verbose
         self._ids = Random()  # id generation, independent of the seeded fault RNG
-        self._store = EventStore()
+        self._store = EventStore(queue_delay_s if queued else None, queue_rate)
+        self._lost_blank = 0
         self.catalog = Catalog(tenant_id, environment_id, self._ids)
         self._log: deque[RequestRecord] = deque(maxlen=log_limit)
         self._stats_lock = threading.Lock()
@@ -442,6 +502,23 @@ class MockFlexprice:
         return self._store.events()
 
     @property
+    def queued(self) -> bool:
+        return self._store.queued
+
+    @property
+    def pending_count(self) -> int:
+        """Queued mode: accepted events the consumer has not stored yet."""
+        return self._store.pending
+
+    def drain_queue(self) -> int:
+        """Queued mode: store everything queued now; returns how many."""
+        return self._store.drain()
+
+    def merge(self) -> int:
+        """Queued mode: the store merges, so read-back stops showing repeats twice."""
+        return self._store.merge()
+
+    @property
     def received_count(self) -> int:
         """Accepted event deliveries, duplicates included."""
         return self._store.received
@@ -478,6 +555,7 @@ class MockFlexprice:
             "requests_by_route": by_route,
             **self._store.counts(),
             "rejected_events": rejected,
+            "lost_blank_name": self._lost_blank,
             "faults_injected": self._faults.injected_snapshot(),
             "connections_opened": self._conns_opened,
             "bytes_received": bytes_in,
@@ -514,6 +592,8 @@ class MockFlexprice:
             self._by_route = {}
             self._bytes_in = 0
             self._rejected_events = 0
+            self._lost_blank = 0
+        self.bodies = []
         with self._conns_lock:
             self._conns_opened = 0
         self._faults.reset_counters()
@@ -522,10 +602,13 @@ class MockFlexprice:
         if catalog:
             self.catalog.clear()
 
-    def set_api_key(self, api_key: str, forbidden_key: str | None = ...) -> None:  # type: ignore[assignment]
+    def set_api_key(self, api_key: str, forbidden_key: str | None = ...,  # type: ignore[assignment]
+                    config_key: str | None = ...) -> None:  # type: ignore[assignment]
         self.api_key = api_key
         if forbidden_key is not ...:
             self.forbidden_key = forbidden_key
+        if config_key is not ...:
+            self.config_key = config_key
 
     def add_customer(self, external_id: str, name: str | None = None, **fields: Any) -> dict:
         return self.catalog.add_customer(external_id, name, **fields)
@@ -557,7 +640,7 @@ class MockFlexprice:
             return
         route = self._route(method, path)
         if route is None:  # gin: unmatched routes 404 before any auth middleware
-            self._record(method, path, 404, 0, len(body))
+            self._record(method, path, 404, 0, body)
             h._write(404, b"404 page not found", TEXT)
             return
         handler, arg = route
@@ -570,7 +653,7 @@ class MockFlexprice:
             reply = self._status_reply(fail, retry_after=cfg.retry_after_s)
             return self._finish(h, method, path, reply, latency, self._count_events(path, body), body)
 
-        auth = self._auth(headers)
+        auth = self._gateway(headers) or self._auth(headers)
         if auth is not None:
             return self._finish(h, method, path, auth, latency, 0, body)
 
@@ -580,7 +663,7 @@ class MockFlexprice:
         if outcome != OK and outcome not in ("slow", "ack_lost"):
             if outcome in DROP_OUTCOMES:  # reset / hang: nothing processed, no response
                 self._sleep(latency + (cfg.hang_s if outcome == "hang" else 0.0))
-                self._record(method, path, 0, self._count_events(path, body), len(body))
+                self._record(method, path, 0, self._count_events(path, body), body)
                 h._drop()
                 return
             if outcome == "429_no_retry_after":
@@ -591,6 +674,7 @@ class MockFlexprice:
 
         if oversized and path in _INGEST_PATHS:
             reply, n_events = self._error(400, MSG_BODY_TOO_LARGE), 0
+            h.close_connection = True  # net/http closes after MaxBytesReader tripped
         else:
             try:
                 reply, n_events = handler(body, query, arg)
@@ -599,21 +683,26 @@ class MockFlexprice:
                 n_events = getattr(e, "n_events", 0)
         if outcome == "ack_lost":  # processed (and stored) -- then the answer is lost
             self._sleep(latency)
-            self._record(method, path, 0, n_events, len(body))
+            self._record(method, path, 0, n_events, body)
             h._drop()
             return
         if outcome == "slow":
             latency += cfg.slow_ms / 1000.0
         self._finish(h, method, path, reply, latency, n_events, body)
+        if oversized:
+            h.linger(self.oversize_linger_s)
 
     def _finish(self, h: _Handler, method: str, path: str, reply: _Reply, latency: float,
                 n_events: int, body: bytes) -> None:
         self._sleep(latency)
-        self._record(method, path, reply.status, n_events, len(body))
+        self._record(method, path, reply.status, n_events, body)
         h._write(reply.status, reply.body, reply.ctype, reply.headers)
 
-    def _record(self, method: str, path: str, status: int, n_events: int, nbytes: int) -> None:
+    def _record(self, method: str, path: str, status: int, n_events: int, body: bytes) -> None:
         route = f"{method} {path}"
+        nbytes = len(body)
+        if self.keep_bodies and path in _INGEST_PATHS:
+            self.bodies.append(body)
         with self._stats_lock:
             self._by_status[status] = self._by_status.get(status, 0) + 1
             self._by_route[route] = self._by_route.get(route, 0) + 1
@@ -638,12 +727,23 @@ class MockFlexprice:
                 return self._get_customer, unquote(path[len(prefix):])
         return None
 
+    def _gateway(self, headers: dict[str, str]) -> _Reply | None:
+        for name, value in self.gateway_headers.items():
+            if headers.get(name) != value:
+                return _Reply(401, b'{"message":"Unauthorized"}')
+        return None
+
     def _auth(self, headers: dict[str, str]) -> _Reply | None:
         key = headers.get("x-api-key", "")
-        if key and key == self.api_key:
+        if key and key == self.api_key:  # bound to its environment: X-Environment-ID ignored
             return None
+        if key and key == self.config_key:  # no environment of its own: the header decides
+            if headers.get("x-environment-id", "") == self.environment_id:
+                return None
+            return _Reply(403, ENV_DENIED_BODY)
         if key and self.forbidden_key is not None and key == self.forbidden_key:
-            return _Reply(403, error_body(403, "insufficient permissions", style=self.error_style))
+            # PermissionMiddleware: a gin.H of its own, not the ErrorResponse shape
+            return _Reply(403, b'{"message":"insufficient permissions"}')
         authz = headers.get("authorization", "")
         if not authz:
             msg = "Unauthorized"
@@ -656,6 +756,8 @@ class MockFlexprice:
     def _status_reply(self, status: int, retry_after: int | None) -> _Reply:
         if status == 401:
             return _Reply(401, b'{"error":"Unauthorized"}')
+        if status == 403:
+            return _Reply(403, b'{"message":"insufficient permissions"}')
         if status in _GATEWAY_HTML:
             return _Reply(status, _GATEWAY_HTML[status], HTML)
         headers: tuple = ()
@@ -702,88 +804,106 @@ class MockFlexprice:
         return eng.rejects(eid, b"" if eid else orjson.dumps(ev, option=_SORT))
 
     def _bind(self, ev: object, where: str) -> int | None:
-        """gin binding of one IngestEventRequest; returns the timestamp (ms) or None."""
+        """gin binding of one IngestEventRequest; returns the timestamp (ms) or None.
+
+        A failure is ``Invalid request payload`` with no details: the server logs why, it
+        does not say (``where`` only names it for ``verbose`` logs)."""
         if self.fast:
             if type(ev) is not dict:
-                raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: {where}: must be a JSON object")
+                raise RequestError(400, MSG_INVALID_PAYLOAD)
             ts = ev.get("timestamp")
             if ts is None:
                 return None
             ms = _parse_ts_cached(ts) if type(ts) is str else None
             if ms is None:
-                raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: {where}.timestamp: invalid")
+                raise RequestError(400, MSG_INVALID_PAYLOAD)
             return ms
         err, ms = bind_event(ev, where)
         if err is not None:
-            raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: {err}", {"error": err})
+            if self.verbose:
+                print(f"flexprice-mock: bind error: {err}", file=sys.stderr)
+            raise RequestError(400, MSG_INVALID_PAYLOAD)
         return ms
 
     def _ingest_single(self, body: bytes, _query: str, _arg: object) -> tuple[_Reply, int]:
         try:
             ev = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise RequestError(400, MSG_INVALID_PAYLOAD, {"error": f"invalid JSON: {e}"}) from None
+        except orjson.JSONDecodeError:
+            raise RequestError(400, MSG_INVALID_PAYLOAD) from None
+        if ev is None:  # JSON null binds to the zero struct: then "required" fails
+            raise RequestError(400, MSG_INVALID_PAYLOAD)
         ts = self._bind(ev, "event")
-        missing = missing_required(ev)
-        if missing:  # binding:"required" -> a bind error on this endpoint
-            raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: {missing} is required",
-                               go_required_detail("IngestEventRequest", missing))
+        if missing_required(ev):  # binding:"required" -> a bind error on this endpoint
+            raise RequestError(400, MSG_INVALID_PAYLOAD)
         if self._is_rejected(ev):
             self._note_rejected(1)
-            raise RequestError(400, f"{MSG_VALIDATION_FAILED}: event rejected by the server",
-                               {"event_id": ev.get("event_id", ""), "rule": "mock_reject"})
+            raise RequestError(400, MSG_INVALID_PAYLOAD)
         item = self._prepare(ev, ts)
-        self._store.add([item])
-        msg = orjson.dumps({"message": "Event accepted for processing", "event_id": item[0]})
+        self._keep([ev], [item])
+        # gin.H is a map: Go writes its keys sorted
+        msg = orjson.dumps({"event_id": item[0], "message": "Event accepted for processing"})
         return _Reply(202, msg), 1
+
+    def _keep(self, events: list, items: list[tuple[str, int, bytes]]) -> None:
+        """Publish ``items`` (built from ``events``): one of only whitespace for a name is
+        published as "" and refused by the server's store, so it is lost, not stored."""
+        if self.fast:  # benchmarks: no per-event look (the collector never sends such names)
+            self._store.add(items)
+            return
+        kept = [it for ev, it in zip(events, items, strict=True)
+                if type(ev.get("event_name")) is not str or go_trim(ev["event_name"])]
+        if len(kept) != len(items):
+            with self._stats_lock:
+                self._lost_blank += len(items) - len(kept)
+        self._store.add(kept)
 
     def _ingest_bulk(self, body: bytes, _query: str, _arg: object) -> tuple[_Reply, int]:
         try:
             data = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise RequestError(400, MSG_INVALID_PAYLOAD, {"error": f"invalid JSON: {e}"}) from None
-        if type(data) is not dict:
-            raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: body must be a JSON object")
-        events = data.get("events")
+        except orjson.JSONDecodeError:
+            raise RequestError(400, MSG_INVALID_PAYLOAD) from None
+        if data is not None and type(data) is not dict:
+            raise RequestError(400, MSG_INVALID_PAYLOAD)
+        events = data.get("events") if data is not None else None
         if events is not None and type(events) is not list:
-            raise RequestError(400, f"{MSG_INVALID_PAYLOAD}: events must be an array")
+            raise RequestError(400, MSG_INVALID_PAYLOAD)
         n = len(events) if events else 0
         bind = self._bind
         try:
-            stamps = [bind(ev, f"events[{i}]") for i, ev in enumerate(events or ())]
+            # a null element binds to a nil pointer: no bind error (it fails below)
+            stamps = [None if ev is None else bind(ev, f"events[{i}]")
+                      for i, ev in enumerate(events or ())]
         except RequestError as e:
             e.n_events = n  # type: ignore[attr-defined]
             raise
-        if events is None:
-            raise RequestError(400, f"{MSG_VALIDATION_FAILED}: events is required",
-                               bulk_count_detail("required"))
+        if events is None:  # also a body of `null`
+            raise RequestError(400, MSG_VALIDATION_FAILED, bulk_count_detail("required"))
         if n == 0 or n > MAX_BULK_EVENTS:
-            tag = "min" if n == 0 else "max"
-            err = RequestError(400, f"{MSG_VALIDATION_FAILED}: events must hold 1..{MAX_BULK_EVENTS} "
-                                    f"items, got {n}", bulk_count_detail(tag))
+            err = RequestError(400, MSG_VALIDATION_FAILED,
+                               bulk_count_detail("min" if n == 0 else "max"))
             err.n_events = n  # type: ignore[attr-defined]
             raise err
         items = []
         prepare = self._prepare
         check_reject = bool(self._faults.config.reject_every_nth or self._faults.config.reject_event_ids)
         for i, ev in enumerate(events):
-            missing = missing_required(ev)
-            if missing or (check_reject and self._is_rejected(ev)):
+            missing = [] if ev is None else missing_all(ev)
+            if ev is None or missing or (check_reject and self._is_rejected(ev)):
                 # The server publishes event by event: earlier ones are already queued.
                 if self._faults.config.bulk_partial_publish:
-                    self._store.add(items)
-                if missing:
-                    details = {**go_required_detail("IngestEventRequest", missing), "event_index": i}
-                    msg = f"{MSG_VALIDATION_FAILED}: events[{i}].{missing} is required"
+                    self._keep(events[:i], items)
+                if ev is None:  # validator: InvalidValidationError, no field details
+                    details = None
+                elif missing:
+                    details = go_required_detail("IngestEventRequest", *missing)
                 else:
                     self._note_rejected(1)
-                    details = {"event_index": i, "event_id": ev.get("event_id", ""), "rule": "mock_reject"}
-                    msg = f"{MSG_VALIDATION_FAILED}: events[{i}] rejected by the server"
-                err = RequestError(400, msg, details)
+                    details = None
+                err = RequestError(400, MSG_VALIDATION_FAILED, details)
                 err.n_events = n  # type: ignore[attr-defined]
                 raise err
             items.append(prepare(ev, stamps[i]))
-        self._store.add(items)
+        self._keep(events, items)
         return _Reply(202, b'{"message":"Events accepted for processing"}'), n
 
     def _note_rejected(self, n: int) -> None:
@@ -879,7 +999,7 @@ class MockFlexprice:
             ev = orjson.loads(raw)
             if want_cust and ev.get("external_customer_id") != want_cust:
                 continue
-            if want_name and (ev.get("event_name") or "").strip() != want_name:
+            if want_name and go_trim(ev.get("event_name") or "") != want_name:
                 continue
             if want_src and ev.get("source") != want_src:
                 continue
@@ -894,7 +1014,7 @@ class MockFlexprice:
         if sort == "timestamp":
             rows.sort(key=lambda r: r[0], reverse=order == "desc")
         else:
-            rows.sort(key=lambda r: (r[2].get("event_name") or "").strip(), reverse=order == "desc")
+            rows.sort(key=lambda r: go_trim(r[2].get("event_name") or ""), reverse=order == "desc")
         cursor_mode = bool(req.get("iter_first_key") or req.get("iter_last_key"))
         resp: dict = {"events": [], "has_more": False}
         if cursor_mode:
@@ -948,7 +1068,7 @@ class MockFlexprice:
             "id": eid,
             "external_customer_id": ev.get("external_customer_id") or "",
             "customer_id": ev.get("customer_id") or "",
-            "event_name": (ev.get("event_name") or "").strip(),
+            "event_name": go_trim(ev.get("event_name") or ""),
             "timestamp": format_ms(ts),
             "properties": ev.get("properties") or {},
             "source": ev.get("source") or "",
@@ -1042,12 +1162,15 @@ class MockFlexprice:
                 return _Reply(200, orjson.dumps({"features": made}))
             if path == "/_mock/api-key":
                 if not isinstance(data, dict) or not isinstance(data.get("api_key"), str):
-                    raise ValueError('body must be {"api_key": "...", "forbidden_key"?: "..."}')
-                if "forbidden_key" in data:
-                    self.set_api_key(data["api_key"], data["forbidden_key"])
-                else:
-                    self.set_api_key(data["api_key"])
+                    raise ValueError('body must be {"api_key": "...", "forbidden_key"?: "...", '
+                                     '"config_key"?: "..."}')
+                self.set_api_key(data["api_key"], **{k: data[k] for k in
+                                                     ("forbidden_key", "config_key") if k in data})
                 return _Reply(200, ok)
+            if path == "/_mock/merge":
+                return _Reply(200, orjson.dumps({"merged": self.merge()}))
+            if path == "/_mock/drain":
+                return _Reply(200, orjson.dumps({"stored": self.drain_queue()}))
             if path == "/_mock/seed-defaults":
                 self.seed_defaults()
                 return _Reply(200, ok)
@@ -1063,6 +1186,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=18080, help="0 = any free port")
     p.add_argument("--api-key", default="test-key")
     p.add_argument("--forbidden-key", default="forbidden-key", help="a key answered 403")
+    p.add_argument("--config-key", default=None,
+                   help="a key as in the server's config file (self-hosted, e.g. "
+                        "sk_local_flexprice_test_key): it carries no environment, so every "
+                        "request must send X-Environment-ID: <--environment-id>, else 403")
+    p.add_argument("--environment-id", default="env_mock")
+    p.add_argument("--queued", action="store_true",
+                   help="202 means queued, as on the server: events are stored --queue-delay-s "
+                        "later at --queue-rate events/s, and repeats stay visible to read-back "
+                        "until POST /_mock/merge")
+    p.add_argument("--queue-delay-s", type=float, default=1.0)
+    p.add_argument("--queue-rate", type=float, default=12.0,
+                   help="events/s the queue consumer stores (the server's default: ~12)")
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--fault-rate", type=float, default=0.0,
                    help="probability of a transient fault per ingest request, spread evenly over "
@@ -1077,7 +1212,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-defaults", action="store_true",
                    help="create customers cust_001..003 and features for api.request/storage.gb")
     p.add_argument("--fast", action="store_true", help="skip deep per-event type validation")
-    p.add_argument("--error-style", choices=("flat", "nested"), default="flat")
+    p.add_argument("--error-style", choices=("flat", "nested"), default="flat",
+                   help="flat: the current server's bodies (default); nested: "
+                        '{"success": false, "error": {...}} as servers before April 2026')
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return p
 
@@ -1124,7 +1261,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mock = MockFlexprice(args.host, args.port, args.api_key, forbidden_key=args.forbidden_key,
                              faults=cfg, fast=args.fast, error_style=args.error_style,
-                             seed_defaults=args.seed_defaults, verbose=args.verbose)
+                             seed_defaults=args.seed_defaults, verbose=args.verbose,
+                             config_key=args.config_key, environment_id=args.environment_id,
+                             queued=args.queued, queue_delay_s=args.queue_delay_s,
+                             queue_rate=args.queue_rate)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

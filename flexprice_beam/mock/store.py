@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import deque
 from random import Random
 
 import orjson
@@ -21,11 +22,17 @@ class EventStore:
     Each event is kept as canonical JSON bytes (sorted keys), which is what "identical" means.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, queue_delay: float | None = None, queue_rate: float = 12.0) -> None:
         self._lock = threading.Lock()
         #: when True, remember the wall-clock time each (event_id, timestamp) first arrived
         #: (``receive_times``; latency measurements). Off by default: it costs memory per event.
         self.keep_receive_times = False
+        #: queued mode (the real server): a 202 only queues; a consumer stores each event
+        #: ``queue_delay`` s later at most ``queue_rate`` events/s, and repeats stay visible
+        #: to read-back until ``merge()`` (ReplacingMergeTree merges later; no FINAL).
+        self.queued = queue_delay is not None
+        self.queue_delay = queue_delay or 0.0
+        self.queue_rate = queue_rate
         self.clear()
 
     def clear(self) -> None:
@@ -35,6 +42,9 @@ class EventStore:
             self._dups: list[tuple[bytes, bytes]] = []
             self._conflicts: list[tuple[bytes, bytes]] = []
             self._received_at: dict[tuple[str, int], float] = {}
+            self._pending: deque[tuple[float, str, int, bytes]] = deque()
+            self._next_free = 0.0  # when the queue consumer may store its next event
+            self._unmerged: list[tuple[str, int, bytes]] = []  # repeats read-back still sees
             self.received = 0
             self.identical_duplicates = 0
             self.conflicting_duplicates = 0
@@ -43,64 +53,129 @@ class EventStore:
         """Record deliveries of ``(event_id, ts_ms, canonical_bytes)``."""
         if not items:
             return
-        now = time.time() if self.keep_receive_times else None
+        if self.queued:
+            ready = time.monotonic() + self.queue_delay
+            with self._lock:
+                self._pending.extend((ready, *item) for item in items)
+                self.received += len(items)
+            return
         with self._lock:
-            rows = self._rows
-            first = self._first_by_id
-            for eid, ts, canon in items:
-                key = (eid, ts)
-                prev = rows.get(key)
-                if prev is None:
-                    rows[key] = canon
-                    if now is not None:
-                        self._received_at[key] = now
-                else:
-                    if prev == canon:
-                        self._dups.append((prev, prev))  # keep no second copy of equal bytes
-                        self.identical_duplicates += 1
-                    else:
-                        self._dups.append((prev, canon))
-                        self.conflicting_duplicates += 1
-                        rows[key] = canon  # ReplacingMergeTree keeps the latest version
-                f = first.get(eid)
-                if f is None:
-                    first[eid] = canon
-                elif f != canon:
-                    self._conflicts.append((f, canon))
+            self._store(items)
             self.received += len(items)
+
+    def _consume(self) -> None:
+        """Store what the throttled consumer has reached by now (call with the lock held)."""
+        pending = self._pending
+        if not pending:
+            return
+        now = time.monotonic()
+        gap = 1.0 / self.queue_rate
+        due = []
+        nxt = self._next_free
+        while pending:
+            at = max(pending[0][0], nxt)
+            if at > now:
+                break
+            due.append(pending.popleft()[1:])
+            nxt = at + gap
+        self._next_free = nxt
+        self._store(due)
+
+    def drain(self) -> int:
+        """Store every queued event now (as if the consumer caught up); returns how many."""
+        with self._lock:
+            due = [p[1:] for p in self._pending]
+            self._pending.clear()
+            self._store(due)
+            return len(due)
+
+    def merge(self) -> int:
+        """The store merges: repeats collapse for read-back too; returns how many vanished."""
+        with self._lock:
+            self._consume()
+            n = len(self._unmerged)
+            self._unmerged = []
+            return n
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            self._consume()
+            return len(self._pending)
+
+    def _store(self, items: list[tuple[str, int, bytes]]) -> None:
+        if not items:
+            return
+        now = time.time() if self.keep_receive_times else None
+        rows = self._rows
+        first = self._first_by_id
+        for eid, ts, canon in items:
+            key = (eid, ts)
+            prev = rows.get(key)
+            if prev is None:
+                rows[key] = canon
+                if now is not None:
+                    self._received_at[key] = now
+            else:
+                if self.queued:  # both rows stay visible until the store merges
+                    self._unmerged.append((eid, ts, prev))
+                if prev == canon:
+                    self._dups.append((prev, prev))  # keep no second copy of equal bytes
+                    self.identical_duplicates += 1
+                else:
+                    self._dups.append((prev, canon))
+                    self.conflicting_duplicates += 1
+                    rows[key] = canon  # ReplacingMergeTree keeps the latest version
+            f = first.get(eid)
+            if f is None:
+                first[eid] = canon
+            elif f != canon:
+                self._conflicts.append((f, canon))
 
     # -- views ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._rows)
+        with self._lock:
+            self._consume()
+            return len(self._rows)
 
     def rows(self) -> list[tuple[str, int, bytes]]:
+        """What read-back sees: stored rows, plus unmerged repeats in queued mode."""
         with self._lock:
-            return [(k[0], k[1], v) for k, v in self._rows.items()]
+            self._consume()
+            return [(k[0], k[1], v) for k, v in self._rows.items()] + self._unmerged
 
     def events(self) -> list[dict]:
+        """Stored events, merged (what usage queries with FINAL count)."""
         with self._lock:
+            self._consume()
             raw = list(self._rows.values())
         return [orjson.loads(b) for b in raw]
 
     def receive_times(self) -> dict[tuple[str, int], float]:
         """``{(event_id, timestamp_ms): unix time of first arrival}`` (needs keep_receive_times)."""
         with self._lock:
+            self._consume()
             return dict(self._received_at)
 
     def duplicates(self) -> list[tuple[dict, dict]]:
         with self._lock:
+            self._consume()
             pairs = list(self._dups)
         return [(orjson.loads(a), orjson.loads(b)) for a, b in pairs]
 
     def conflicts(self) -> list[tuple[dict, dict]]:
         with self._lock:
+            self._consume()
             pairs = list(self._conflicts)
         return [(orjson.loads(a), orjson.loads(b)) for a, b in pairs]
 
     def counts(self) -> dict:
         with self._lock:
+            self._consume()
             return {
+                "events_queued": len(self._pending),
+                "unmerged_duplicates": len(self._unmerged),
                 "events_stored": len(self._rows),
                 "deliveries": self.received,
                 "duplicates": len(self._dups),

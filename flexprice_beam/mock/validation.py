@@ -8,10 +8,17 @@ Two failure stages exist on the real server and are kept apart here:
 * *bind* errors (gin ``ShouldBindJSON``): malformed JSON, a wrong JSON type, a timestamp that
   Go's ``time.Time`` cannot parse, and -- for ``POST /events`` only, because of the
   ``binding:"required"`` tags -- a missing/empty ``event_name`` / ``external_customer_id``.
-  Answered ``400 validation_error`` "Invalid request payload"; nothing is published.
+  Answered ``400 validation_error`` "Invalid request payload", no details (the server logs
+  the cause, it does not send it); nothing is published.
 * *validate* errors (``validator.ValidateRequest``): the bulk ``events`` count (required,
   min=1, max=1000) and, inside the bulk publish loop, each event's required fields.
-  Answered ``400 validation_error`` "Request validation failed".
+  Answered ``400 validation_error`` "Request validation failed" with ``details`` keyed by
+  the Go field name (``{"EventName": "Key: 'IngestEventRequest.EventName' Error:…"}``) and
+  no index of the failing event; a ``null`` element has no details at all.
+
+The bodies are what gin's ``c.JSON`` writes for ``errors.ErrorResponse`` (struct field order,
+``details`` sorted and omitted when empty): ``tests/fixtures/flexprice/`` holds them byte
+for byte, and ``tests/test_mock_fidelity.py`` compares.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ MSG_INVALID_PAYLOAD = "Invalid request payload"
 MSG_VALIDATION_FAILED = "Request validation failed"
 MSG_BODY_TOO_LARGE = "Request body exceeds the maximum size; split the batch into smaller requests"
 MSG_CHECK_PAYLOAD = "Please check the request payload"
+#: ``abortEnvironmentResolution``: a config-file key without (or with a foreign) X-Environment-ID
+ENV_DENIED_BODY = b'{"error":"Access denied","message":"Invalid or inaccessible environment"}'
 
 # ErrorCode per HTTP status (internal/errors/errors.go errMappings).
 CODE_BY_STATUS = {
@@ -54,6 +63,16 @@ DEFAULT_MESSAGES = {
     503: "Service temporarily unavailable",
 }
 
+#: Go's ``unicode.IsSpace``, which ``strings.TrimSpace`` removes (the server trims event_name).
+#: Kept apart from the collector's copy on purpose: the stand-in models the server on its own.
+_GO_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+             "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
+def go_trim(value: str) -> str:
+    return value.strip(_GO_SPACE)
+
+
 _GO_FIELD = {"event_name": "EventName", "external_customer_id": "ExternalCustomerID"}
 
 
@@ -72,7 +91,8 @@ def error_body(status: int, message: str | None = None, details: dict | None = N
     """``errors.ErrorResponse``: flat ``{code, message, http_status_code, details?}``.
 
     ``details`` is ``omitempty`` on the server, so it is left out when empty.
-    ``style="nested"`` wraps it as ``{"error": {...}}`` (the shape API-NOTES.md describes).
+    ``style="nested"`` wraps it as ``{"success": false, "error": {...}}``, as servers older
+    than April 2026 did (opt-in; the default is the current server's flat body).
     """
     if status >= 500:
         code = CODE_BY_STATUS.get(status, "internal_error")
@@ -85,8 +105,8 @@ def error_body(status: int, message: str | None = None, details: dict | None = N
     }
     if details:
         body["details"] = details
-    if style == "nested":
-        body = {"error": body}
+    if style == "nested":  # servers before April 2026
+        body = {"success": False, "error": body}
     return orjson.dumps(body)
 
 
@@ -172,9 +192,17 @@ def missing_required(ev: dict) -> str | None:
     return None
 
 
-def go_required_detail(struct: str, field: str) -> dict:
-    go = _GO_FIELD.get(field, field)
-    return {go: f"Key: '{struct}.{go}' Error:Field validation for '{go}' failed on the 'required' tag"}
+def missing_all(ev: dict) -> list[str]:
+    """Every required field absent or empty (go-playground reports them all at once)."""
+    return [f for f in ("event_name", "external_customer_id") if not ev.get(f)]
+
+
+def go_required_detail(struct: str, *fields: str) -> dict:
+    out = {}
+    for field in fields:
+        go = _GO_FIELD.get(field, field)
+        out[go] = f"Key: '{struct}.{go}' Error:Field validation for '{go}' failed on the 'required' tag"
+    return out
 
 
 def bulk_count_detail(tag: str) -> dict:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from flexprice_beam.config import CollectorConfig, KafkaInput
 from flexprice_beam.events import Record
-from flexprice_beam.io.client import Answer, FlexpriceClient, Kind
+from flexprice_beam.io.client import Answer, FlexpriceClient, Kind, auth_advice
 from flexprice_beam.transforms.mapping import FILTERED, Mapper, MappingError
 from flexprice_beam.transforms.validate import InvalidEvent, prepare
 
@@ -141,8 +141,8 @@ def _api(report: CheckReport, client: FlexpriceClient) -> dict[str, list[dict]] 
         report.add(ERROR, "api", client.base_url, f"unreachable: {answer.error}")
         return None
     if answer.kind is Kind.AUTH:
-        report.add(ERROR, "api", "api_key", f"refused: {answer.describe()[:200]} — check "
-                   "output.flexprice.api_key / FLEXPRICE_API_KEY")
+        report.add(ERROR, "api", "api_key", f"refused: {answer.describe()[:200]} — "
+                   f"{auth_advice(answer, client.environment_id)}")
         return None
     if answer.kind is not Kind.ACCEPTED:
         report.add(ERROR, "api", "/v1/features/search", answer.describe()[:300])
@@ -152,8 +152,9 @@ def _api(report: CheckReport, client: FlexpriceClient) -> dict[str, list[dict]] 
         meter = f.get("meter")
         if isinstance(meter, dict) and meter.get("event_name"):
             meters[meter["event_name"]].append({**meter, "feature": f.get("name")})
+    env = f" in environment {client.environment_id}" if client.environment_id else ""
     report.add(OK, "api", client.base_url,
-               f"reachable, key accepted; {len(meters)} metered event name(s)")
+               f"reachable, key accepted{env}; {len(meters)} metered event name(s)")
     return meters
 
 
@@ -175,7 +176,8 @@ def _map_sample(report: CheckReport, cfg: CollectorConfig, records: list[Record]
             filtered += 1
             continue
         try:
-            events.append(prepare(record, event, cfg.pipeline.max_event_bytes).event)
+            events.append(prepare(record, event, cfg.pipeline.max_event_bytes,
+                                  cfg.pipeline.big_numbers).event)
         except InvalidEvent as exc:
             failures[f"validation: {exc.field + ': ' if exc.field else ''}{exc.reason}"] += 1
     for reason, count in failures.most_common():

@@ -39,7 +39,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         cfg = _config(args)
-        report = replay(cfg, args.path, stage=args.stage, since=args.since, dry_run=args.dry_run)
+        if getattr(args, "beam_args", None):
+            from apache_beam.io.filesystems import FileSystems
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            FileSystems.set_options(PipelineOptions(args.beam_args))
+        report = replay(cfg, args.path, stage=args.stage, since=args.since, dry_run=args.dry_run,
+                        group=args.group, read_back_wait=args.read_back)
     except (ConfigError, InsecureTransportError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -70,11 +76,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "Flexprice deduplicates); accepted ones leave the files. Exit 0 all "
                     "accepted, 1 stopped (401/403), 2 bad config, 3 some failed again.")
     _common(rp)
-    rp.add_argument("--path", help="dead-letter directory (default: output.dead_letter.path)")
+    rp.add_argument("--path", help="dead-letter folder or glob, any Beam FileSystems URL "
+                                   "(default: output.dead_letter.path); S3 options such as "
+                                   "--s3_endpoint_url go after --")
+    rp.add_argument("--group", help="replay output.dead_letter.kafka's topic with this consumer "
+                                    "group instead of the files (its offsets record what was "
+                                    "replayed)")
     rp.add_argument("--stage", choices=["mapping", "validation", "delivery"],
                     help="only letters of this stage (default: every letter with an event)")
     rp.add_argument("--since", help="only letters written at or after this RFC3339 time")
     rp.add_argument("--dry-run", action="store_true", help="count what would be replayed")
+    rp.add_argument("--read-back", type=float, metavar="SECONDS", default=None,
+                    help="then read a sample of the accepted events back, waiting up to "
+                         "SECONDS for what Flexprice still has queued (reported, never fatal)")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -16,6 +16,8 @@ from typing import Any
 from apache_beam.metrics import Metrics
 
 NAMESPACE = "flexprice"
+#: accepted events remembered for ``run --read-back`` (one per accepted batch, the first ones)
+SAMPLE = 50
 _DEAD_BY_STAGE = re.compile(r"^dead_lettered_([a-z]+)_(\w+)$")
 
 
@@ -37,6 +39,7 @@ class LiveRegistry:
             self._started = time.monotonic()
             self._total: int | None = None
             self._final: dict[str, Any] | None = None
+            self._sample: list[tuple[str, str]] = []
 
     # -- updates (called from DoFns, any thread) --------------------------------------------
 
@@ -58,6 +61,21 @@ class LiveRegistry:
                 d[1] += value
                 d[2] = min(d[2], value)
                 d[3] = max(d[3], value)
+
+    def sample_accepted(self, event_id: str, timestamp: str) -> None:
+        """Remember an accepted (event_id, timestamp) for read-back, up to ``SAMPLE``."""
+        if len(self._sample) < SAMPLE:
+            with self._lock:
+                if len(self._sample) < SAMPLE:
+                    self._sample.append((event_id, timestamp))
+
+    @property
+    def sampling(self) -> bool:
+        return len(self._sample) < SAMPLE
+
+    def accepted_sample(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._sample)
 
     def stop(self, reason: str) -> None:
         """The sink stopped for good (401/403): health checks must fail from now on."""

@@ -5,10 +5,12 @@ would have sent), re-validated by ``transforms.validate.prepare`` and delivered 
 sink's own ``EventDeliverer`` — same batching, retries, 400-isolation and 401 stop — so a
 replay can never bill twice: Flexprice deduplicates equal (event_id, timestamp).
 
-Files are rewritten atomically (temp file + ``os.replace``) keeping only the letters that
-were not replayed (other stage, older than ``--since``, no event — mapping failures) and
-the ones that failed again, with the new reason, status and time.  A file whose writer
-still holds its ``flock`` (a running pipeline) is skipped.
+Sources: the committed files under a FileSystems folder or glob (local, ``s3://``, …), each
+rewritten atomically (temporary name + rename) keeping only the letters that were not
+replayed (other stage, older than ``--since``, no event — mapping failures) and the ones
+that failed again, with the new reason, status and time; or the dead-letter topic through
+a consumer group, whose committed offsets record what was replayed.  Either way a second
+replay finds nothing left to send.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,9 +28,12 @@ from flexprice_beam.config import CollectorConfig
 from flexprice_beam.events import Record, dead_letter, parse_timestamp
 from flexprice_beam.io.client import FlexpriceAuthError, FlexpriceClient
 from flexprice_beam.io.dead_letter import encode_dead_letter, lock_file
+from flexprice_beam.io.dead_letter_files import is_local, letter_files, read_file, write_atomically
 from flexprice_beam.io.deliver import EventDeliverer
+from flexprice_beam.io.readback import read_back
 from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.io.sink import _BatchBuffer, delivery_dead_letter
+from flexprice_beam.ops.live import SAMPLE
 from flexprice_beam.transforms.validate import InvalidEvent, Prepared, prepare
 
 log = logging.getLogger("flexprice_beam.replay")
@@ -49,6 +52,9 @@ class ReplayReport:
     skipped_files: list[str] = field(default_factory=list)
     error: str | None = None
     dry_run: bool = False
+    #: (event_id, timestamp) of accepted events, up to ``live.SAMPLE``, for ``--read-back``
+    sample: list = field(default_factory=list)
+    held_text: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -69,6 +75,8 @@ class ReplayReport:
         if self.skipped_files:
             lines.append(f"skipped:        {', '.join(self.skipped_files)} (in use by a running "
                          "pipeline)")
+        if self.held_text:
+            lines.append(f"API holds:      {self.held_text}")
         if self.error:
             lines.append(f"error:          {self.error}")
         return "\n".join(lines)
@@ -142,77 +150,136 @@ def _parse_lines(raw: bytes) -> list[tuple[bytes, Any]]:
     return out
 
 
-def _rewrite(path: Path, lines: list[bytes]) -> None:
-    """Replace ``path`` atomically with ``lines`` (or remove it when none are left)."""
-    if not lines:
-        path.unlink()
+def _replay_entries(entries: list[tuple[bytes, Any]], replayer: Replayer | None,
+                    report: ReplayReport, stage: str | None, since: dt.datetime | None,
+                    big_numbers: str = "dead_letter") -> tuple[list[bytes], list[bytes]] | None:
+    """Replay the selected letters of one source: ``(what stays, in order, the letters that
+    failed again in place; those letters alone)``, or None when nothing was sent."""
+    report.letters += len(entries)
+    chosen: dict[int, tuple[dict, Record, Prepared | None, dict | None]] = {}
+    for i, (_line, letter) in enumerate(entries):
+        if not _selected(letter, stage, since):
+            continue
+        record = _record(letter)
+        try:
+            chosen[i] = (letter, record, prepare(record, letter["event"],
+                                                  big_numbers=big_numbers), None)
+        except InvalidEvent as exc:
+            chosen[i] = (letter, record, None, dead_letter(
+                "validation", exc.reason, record=record, event=letter["event"],
+                field=exc.field))
+    report.replayed += len(chosen)
+    report.kept += len(entries) - len(chosen)
+    if replayer is None or not chosen:
+        return None
+    outcomes = replayer.deliver([c[2] for c in chosen.values() if c[2] is not None])
+    kept, again = [], []
+    for i, (line, _letter) in enumerate(entries):
+        if i not in chosen:
+            kept.append(line)
+            continue
+        letter, _record_, item, failure = chosen[i]
+        if item is not None:
+            failure = outcomes[id(item)]
+        if failure is None:
+            report.accepted += 1
+            if len(report.sample) < SAMPLE:
+                report.sample.append((item.event["event_id"], item.event["timestamp"]))
+        else:
+            report.failed_again += 1
+            again.append(encode_dead_letter(_again(failure, letter)))
+            kept.append(again[-1])
+    return kept, again
+
+
+def replay_file(path: str, replayer: Replayer | None, report: ReplayReport,
+                stage: str | None, since: dt.datetime | None,
+                big_numbers: str = "dead_letter") -> None:
+    """One committed file: accepted letters leave it, the rest stay (rewritten atomically)."""
+    if is_local(path):
+        with open(path, "rb") as f:
+            if not lock_file(f, blocking=False):  # a writer from before per-bundle files
+                report.skipped_files.append(os.path.basename(path))
+                return
+            raw = f.read()
     else:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(b"".join(line.rstrip(b"\n") + b"\n" for line in lines))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+        raw = read_file(path)
+    report.files += 1
+    entries = _parse_lines(raw)
+    log.info("Dead letters: %d in %s", len(entries), path)
+    result = _replay_entries(entries, replayer, report, stage, since, big_numbers)
+    if result is not None:
+        write_atomically(path, result[0])
+
+
+def replay_topic(cfg: CollectorConfig, group: str, replayer: Replayer | None,
+                 report: ReplayReport, stage: str | None, since: dt.datetime | None) -> None:
+    """The dead-letter topic from the group's committed position to its current end.
+
+    Letters that fail again are produced to the topic anew (after the end just read); the
+    group's offsets are committed only after that, so a second replay starts behind
+    everything this one handled and finds nothing to do."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from flexprice_beam.io.dead_letter_topic import DeadLetterProducer
+    from flexprice_beam.io.kafka import python_client_config
+
+    kcfg = cfg.output.dead_letter.kafka
+    consumer = KafkaConsumer(group_id=group, enable_auto_commit=False,
+                             auto_offset_reset="earliest", **python_client_config(kcfg))
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def replay_file(path: Path, replayer: Replayer | None, report: ReplayReport,
-                stage: str | None, since: dt.datetime | None) -> None:
-    with open(path, "rb") as f:
-        if not lock_file(f, blocking=False):
-            report.skipped_files.append(path.name)
-            return
+        parts = sorted(consumer.partitions_for_topic(kcfg.topic) or ())
+        tps = [TopicPartition(kcfg.topic, p) for p in parts]
+        consumer.assign(tps)
+        end = consumer.end_offsets(tps)
+        entries: list[tuple[bytes, Any]] = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for tp, records in consumer.poll(timeout_ms=1000).items():
+                for rec in records:
+                    if rec.offset < end[tp]:
+                        entries += _parse_lines(rec.value or b"")
         report.files += 1
-        entries = _parse_lines(f.read())
-        report.letters += len(entries)
-        chosen: dict[int, tuple[dict, Record, Prepared | None, dict | None]] = {}
-        for i, (_line, letter) in enumerate(entries):
-            if not _selected(letter, stage, since):
-                continue
-            record = _record(letter)
-            try:
-                chosen[i] = (letter, record, prepare(record, letter["event"]), None)
-            except InvalidEvent as exc:
-                chosen[i] = (letter, record, None, dead_letter(
-                    "validation", exc.reason, record=record, event=letter["event"],
-                    field=exc.field))
-        report.replayed += len(chosen)
-        report.kept += len(entries) - len(chosen)
-        if replayer is None or not chosen:
+        log.info("Dead letters: %d on topic %s (group %s)", len(entries), kcfg.topic, group)
+        result = _replay_entries(entries, replayer, report, stage, since,
+                                 cfg.pipeline.big_numbers)
+        if replayer is None:
             return
-        log.info("Replaying %d dead letters from %s", len(chosen), path)
-        outcomes = replayer.deliver([c[2] for c in chosen.values() if c[2] is not None])
-        kept = []
-        for i, (line, _letter) in enumerate(entries):
-            if i not in chosen:
-                kept.append(line)
-                continue
-            letter, _record_, item, failure = chosen[i]
-            if item is not None:
-                failure = outcomes[id(item)]
-            if failure is None:
-                report.accepted += 1
-            else:
-                report.failed_again += 1
-                kept.append(encode_dead_letter(_again(failure, letter)))
-        _rewrite(path, kept)
+        if result is not None and result[1]:
+            producer = DeadLetterProducer(kcfg)
+            try:
+                for line in result[1]:
+                    producer.send(orjson.loads(line), line)
+                producer.commit()
+            finally:
+                producer.close()
+        consumer.commit({tp: OffsetAndMetadata(end[tp], "", -1) for tp in tps})
+    finally:
+        consumer.close()
 
 
 def replay(cfg: CollectorConfig, path: str | None = None, stage: str | None = None,
-           since: str | None = None, dry_run: bool = False) -> ReplayReport:
-    """Replay every ``*.jsonl`` under ``path`` (default: the config's dead-letter path)."""
+           since: str | None = None, dry_run: bool = False,
+           group: str | None = None, read_back_wait: float | None = None) -> ReplayReport:
+    """Replay the committed files under ``path`` (a folder or a FileSystems glob; default
+    the config's dead-letter path), or with ``group`` the config's dead-letter topic; with
+    ``read_back_wait``, then look for a sample of the accepted events in Flexprice (what is
+    not readable yet is reported as queued, never as a failure)."""
     report = ReplayReport(dry_run=dry_run)
     since_ts = parse_timestamp(since) if since else None
-    folder = Path(path or cfg.output.dead_letter.path)
-    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if group is not None and cfg.output.dead_letter.kafka is None:
+        raise ValueError("--group replays output.dead_letter.kafka, which is not configured")
+    source = path or cfg.output.dead_letter.path
     replayer = None if dry_run else Replayer(cfg)
     try:
-        for f in files:
-            replay_file(f, replayer, report, stage, since_ts)
+        if group is not None:
+            replay_topic(cfg, group, replayer, report, stage, since_ts)
+        else:
+            for f in (letter_files(source) if source else ()):
+                replay_file(f, replayer, report, stage, since_ts, cfg.pipeline.big_numbers)
+        if read_back_wait is not None and report.sample:
+            report.held_text = read_back(replayer._client, report.sample,
+                                         read_back_wait).render()
     except FlexpriceAuthError as exc:
         report.error = str(exc)
         log.error("Replay stopped: %s", exc)

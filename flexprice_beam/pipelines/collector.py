@@ -78,7 +78,8 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_output_types(
         Batch).with_outputs(DEAD_LETTER, main="events")
     valid = mapped.events | "Validate" >> beam.ParDo(
-        ValidateEvents(cfg.pipeline.max_event_bytes)).with_output_types(Batch).with_outputs(
+        ValidateEvents(cfg.pipeline.max_event_bytes, cfg.pipeline.big_numbers)).with_output_types(
+        Batch).with_outputs(
         DEAD_LETTER, main="valid")
     written = valid.valid | "WriteToFlexprice" >> (sink or WriteToFlexprice(cfg.output.flexprice))
     dead = [mapped[DEAD_LETTER], valid[DEAD_LETTER]]
@@ -88,7 +89,7 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
         deliveries = written.deliveries
     dead_letters = tuple(dead) | "CollectDeadLetters" >> beam.Flatten()
     written = dead_letters | "WriteDeadLetters" >> (
-        dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter.path))
+        dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter))
     if cfg.input.kafka is not None and deliveries is not None and not streaming:
         from flexprice_beam.io.kafka import CommitDeliveredOffsets
 

@@ -236,7 +236,7 @@ def preflight(target: FlinkTarget, cfg: CollectorConfig, rest: FlinkRest) -> Non
 def for_cluster(cfg: CollectorConfig) -> CollectorConfig:
     """The SDK workers do not run in our working directory: make the dead-letter path absolute."""
     path = cfg.output.dead_letter.path
-    if "://" in str(path) or os.path.isabs(path):
+    if not path or "://" in path or os.path.isabs(path):
         return cfg
     dead = cfg.output.dead_letter.model_copy(update={"path": os.path.abspath(path)})
     return cfg.model_copy(update={"output": cfg.output.model_copy(update={"dead_letter": dead})})

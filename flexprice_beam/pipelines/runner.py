@@ -59,6 +59,10 @@ class RunSummary:
     seconds: float = 0.0
     state: str = ""
     error: str | None = None
+    #: ``run --read-back``: what the API holds of a sample of the accepted events
+    #: (``io.readback.Held.as_dict()``) and its one-line rendering
+    held: dict | None = None
+    held_text: str | None = None
 
     @property
     def balanced(self) -> bool:
@@ -90,6 +94,8 @@ class RunSummary:
                 "yes, read = accepted + dead-lettered + filtered" if self.balanced else
                 "NO — counts do not balance"),
         ]
+        if self.held_text:
+            lines.append(f"API holds:      {self.held_text}")
         if self.error:
             lines.append(f"error:          {self.error}")
         return "\n".join(lines)

@@ -18,7 +18,7 @@ import apache_beam as beam
 import jmespath
 
 from flexprice_beam.config import PipelineConfig
-from flexprice_beam.events import Record, dead_letter
+from flexprice_beam.events import Record, dead_letter, trim_names
 from flexprice_beam.io.offsets import TRACKER as OFFSETS
 from flexprice_beam.ops import live
 
@@ -115,6 +115,7 @@ class Mapper:
                 return FILTERED
             if not isinstance(event, dict):
                 raise MappingError(None, f"mapping produced a {type(event).__name__}, not an object")
+        trim_names(event)  # as the server will: ids, dead letters and check see the same
         if event.get("event_id") in (None, ""):
             event["event_id"] = record.record_id
         if event.get("timestamp") in (None, ""):

@@ -17,7 +17,15 @@ import orjson
 from pydantic import ValidationError
 
 from flexprice_beam.config import MAX_BODY_BYTES, MAX_EVENT_BYTES
-from flexprice_beam.events import FlexpriceEvent, Record, dead_letter, parse_timestamp
+from flexprice_beam.events import (
+    EXACT_LIMIT,
+    GO_SPACE,
+    TRIMMED,
+    FlexpriceEvent,
+    Record,
+    dead_letter,
+    parse_timestamp,
+)
 from flexprice_beam.ops import live
 from flexprice_beam.transforms.mapping import DEAD_LETTER
 
@@ -61,7 +69,11 @@ def _clean_fast(event: Any) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for name in _NAMES:  # required, strict str, 1..255 characters, not blank
         v = event.get(name)
-        if type(v) is not str or not 0 < len(v) <= 255 or not v.strip():
+        if type(v) is not str or not 0 < len(v) <= 255:
+            return None
+        if name in TRIMMED:
+            v = v.strip(GO_SPACE)
+        if not v.strip():
             return None
         out[name] = v
     ts = event.get("timestamp")
@@ -103,6 +115,8 @@ _PROBES = [  # (event, should the fast path take it?)
       "timestamp": "2026-01-01T00:00:00.123+01:00", "properties": {"n": 1, "f": 2.5, "s": "x"}}, True),
     ({"event_name": "é" * 255, "external_customer_id": "c", "event_id": "e",
       "timestamp": "2026-01-01T00:00:00Z", "customer_id": None}, True),
+    ({"event_name": " a\u3000", "external_customer_id": "\tc\x1f ", "event_id": " e ",
+      "timestamp": "2026-01-01T00:00:00Z"}, True),
 ]
 
 
@@ -131,12 +145,39 @@ def _mirrors_model() -> bool:
 _FAST = _mirrors_model()
 
 
-def prepare(record: Record, event: dict[str, Any], max_bytes: int = MAX_EVENT_BYTES) -> Prepared:
+def prepare(record: Record, event: dict[str, Any], max_bytes: int = MAX_EVENT_BYTES,
+            big_numbers: str = "dead_letter") -> Prepared:
     """Validate and serialise one event; raises ``InvalidEvent`` naming the field."""
     clean = _clean_fast(event) if _FAST else None
     if clean is None:
-        return prepare_with_model(record, event, max_bytes)
+        return prepare_with_model(record, event, max_bytes, big_numbers)
+    _limit_numbers(clean, big_numbers)
     return Prepared(record, clean, _serialise(clean, max_bytes))
+
+
+def _limit_numbers(clean: dict[str, Any], mode: str) -> None:
+    """Property numbers beyond ±2^53 follow ``pipeline.big_numbers``, never silently: the
+    server would store 9007199254740993 as …992 and bill a different number.
+
+    An integer beyond the limit is inexact as a float64; a float beyond it has already lost
+    whatever digits it had (and can no longer be told from an exact integer), so it counts
+    too. ``dead_letter`` names the field; ``string`` sends the exact digits as a string.
+    """
+    props = clean.get("properties")
+    if not props:
+        return
+    lim = EXACT_LIMIT
+    for key, v in props.items():
+        if type(v) is str or -lim <= v <= lim:
+            continue
+        if mode == "string":
+            props[key] = str(v) if type(v) is int else repr(v)
+            continue
+        kind = "integer" if type(v) is int else "number"
+        raise InvalidEvent(f"properties.{key}",
+                           f"{kind} {v!r} is beyond ±2^53 ({lim}): Flexprice stores numbers as "
+                           "float64 and would bill a rounded value; send it as a string "
+                           "(pipeline.big_numbers: string) or scale it down")
 
 
 def _serialise(clean: dict[str, Any], max_bytes: int = MAX_EVENT_BYTES) -> bytes:
@@ -154,7 +195,8 @@ def _serialise(clean: dict[str, Any], max_bytes: int = MAX_EVENT_BYTES) -> bytes
 
 
 def prepare_with_model(record: Record, event: dict[str, Any],
-                       max_bytes: int = MAX_EVENT_BYTES) -> Prepared:
+                       max_bytes: int = MAX_EVENT_BYTES,
+                       big_numbers: str = "dead_letter") -> Prepared:
     """``prepare`` through the pydantic model alone (the fallback, and the reference)."""
     try:
         model = FlexpriceEvent.model_validate(event)
@@ -164,6 +206,7 @@ def prepare_with_model(record: Record, event: dict[str, Any],
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise InvalidEvent(field, f"{first['msg']}{more}") from None
     clean = model.model_dump(exclude_none=True)
+    _limit_numbers(clean, big_numbers)
     return Prepared(record, clean, _serialise(clean, max_bytes))
 
 
@@ -194,8 +237,10 @@ def tune_gc() -> None:
 class ValidateEvents(beam.DoFn):
     """list[(Record, event)] → list[Prepared]; invalid ones to the ``dead_letter`` output."""
 
-    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES,
+                 big_numbers: str = "dead_letter") -> None:
         self._max_bytes = max_event_bytes
+        self._big_numbers = big_numbers
         self._valid = live.counter("events_valid")
         self._invalid = live.counter("events_invalid")
 
@@ -206,7 +251,7 @@ class ValidateEvents(beam.DoFn):
         out = []
         for record, event in pairs:
             try:
-                out.append(prepare(record, event, self._max_bytes))
+                out.append(prepare(record, event, self._max_bytes, self._big_numbers))
             except InvalidEvent as exc:
                 self._invalid.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
