@@ -139,6 +139,17 @@ def flink_pids(env: dict[str, str]) -> list[int]:
     return pids
 
 
+def flink_slots() -> int:
+    """Slots of the local cluster (every TaskManager), from its REST API."""
+    from flexprice_beam.pipelines import flink
+
+    rest = flink.FlinkRest(script_env("flink.sh").get("FLINK_REST", flink.DEFAULT_REST))
+    try:
+        return max(1, int(rest.call("/overview")["slots-total"]))
+    except (OSError, ValueError, KeyError):
+        return 1
+
+
 def leftovers(names: tuple[str, ...], since_pids: set[int]) -> list[str]:
     """Processes named like ``names`` that appeared during the run and are still alive."""
     out = []

@@ -722,11 +722,12 @@ def kseries(b: Bench, wanted: set[str]) -> dict:
             rows.append({"id": "K3", "what": "Flink", "value": "not measured (no cluster)",
                          "target": "-", "pass": None})
         else:
-            # A fresh TaskManager (each Beam job leaks ~50 MB of metaspace, flink.sh), then
-            # one small warm-up job: the figures are for a JIT-warm TaskManager.
+            # A fresh first TaskManager (each Beam job leaks ~50 MB of metaspace, flink.sh),
+            # then one small warm-up job over every slot of every TaskManager: the figures
+            # are for JIT-warm TaskManagers.
             subprocess.run([str(ROOT / "scripts" / "flink.sh"), "restart-taskmanager"],
                            cwd=ROOT, capture_output=True, check=False)
-            ks.run_flink(b.mock, 50_000, 4, 1, b.workdir)
+            ks.run_flink(b.mock, 50_000, 4, ks.flink_slots(), b.workdir)
             for key, par, extra in (("K3p1", 1, []), ("K3p2", 2, []),
                                     ("K3p1-nometrics", 1, ["--disable_metrics"])):
                 print(f"\n== K3: Flink parallelism {par} {' '.join(extra)}, {count:,}-record "
