@@ -256,7 +256,7 @@ def py_spy(pids: list[int], out: Path, seconds: float = 6) -> list[subprocess.Po
     """Sample Python processes with py-spy (requirements-dev.txt) while the drain runs."""
     exe = Path(PY).parent / "py-spy"
     return [subprocess.Popen([str(exe), "record", "--pid", str(p), "--duration", str(seconds),
-                              "--rate", "100", "--format", "raw", "--nonblocking", "--gil",
+                              "--rate", "100", "--format", "raw", "--nonblocking",
                               "-o", f"{out}-{p}.txt"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL) for p in pids]
 
