@@ -150,15 +150,13 @@ def flink_slots() -> int:
         return 1
 
 
-def leftovers(names: tuple[str, ...], since_pids: set[int]) -> list[str]:
-    """Processes named like ``names`` that appeared during the run and are still alive."""
+def leftovers(pids) -> list[str]:
+    """Those of ``pids`` (every process the run's tree had) still alive, not zombies."""
     out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit() and int(d) not in since_pids:
-            cmd = _read(f"/proc/{d}/cmdline").replace("\0", " ")
-            state = _read(f"/proc/{d}/stat").rsplit(")", 1)[-1].split()[:1]
-            if any(n in cmd for n in names) and state != ["Z"]:
-                out.append(f"{d}: {cmd[:120]}")
+    for p in pids:
+        state = _read(f"/proc/{p}/stat").rsplit(")", 1)[-1].split()[:1]
+        if state and state != ["Z"]:
+            out.append(f"{p}: {_read(f'/proc/{p}/cmdline').replace(chr(0), ' ')[:120]}")
     return out
 
 
@@ -272,7 +270,6 @@ def run_prism(mock: Mock, count: int, partitions: int, workdir: Path,
     dl = Path(tempfile.mkdtemp(prefix="dl-", dir=workdir))
     cfg = workdir / f"k2-{topic}.yaml"
     cfg.write_text(yaml.safe_dump(collector_config(mock, topic, dl, extra_kafka)))
-    before = {int(d) for d in os.listdir("/proc") if d.isdigit()}
     log = open(workdir / f"k2-{topic}.log", "w")
     t_start = time.monotonic()
     proc = subprocess.Popen(_cli() + ["run", "-c", str(cfg), "--progress", "off", "--no-metrics"],
@@ -296,11 +293,11 @@ def run_prism(mock: Mock, count: int, partitions: int, workdir: Path,
         proc.kill()
         proc.wait()
     log.close()
-    res["leftover_after_1s"] = leftovers(("prism", "expansion-service"), before)
+    res["leftover_after_1s"] = leftovers(set(meter.seen) - {proc.pid})
     time.sleep(1)
     res.update(runner="prism", count=count, partitions=partitions, topic=topic,
                exit_code=proc.returncode,
-               leftover=leftovers(("prism", "expansion-service"), before),
+               leftover=leftovers(set(meter.seen) - {proc.pid}),
                conflicts=mock.stats().get("conflicting_duplicates", 0))
     res["ok"] = res["stored"] >= count and not res["leftover"] and not res["conflicts"]
     return res
