@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
 PY = sys.executable
 API_KEY = "bench-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SECTIONS = ("P0", "P1", "P2", "P3", "P4", "P4d", "P5", "K0", "K1", "curve", "profile")
+SECTIONS = ("P0", "P1", "P2", "P3", "P4", "P4d", "P5", "K0", "K1", "K2", "K3", "curve", "profile")
 LATENCIES_MS = (0, 5, 20, 100)
 CURVE_MODES = {  # label: (mode, max_in_flight)
     "single (1 event/request, 1 in flight)": ("single", 1),
@@ -621,6 +621,14 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _flink_rest_port() -> int:
+    """The REST port ``scripts/flink.sh env`` reports (FLINK_REST_PORT, default 8081)."""
+    from benchmarks.kafka_stream import script_env
+
+    rest = script_env("flink.sh").get("FLINK_REST", "127.0.0.1:8081")
+    return int(rest.rsplit(":", 1)[1])
+
+
 def _p5_text(res: dict) -> str:
     phases = {p["phase"]: p for p in res["phases"]}
     back = phases.get("backlog", {})
@@ -635,7 +643,7 @@ def p5(b: Bench) -> dict:
     """Kafka → Flexprice on the local Flink cluster (scripts/flink/kafka_bench.py) at
     parallelism 1 and 2 when the broker and the cluster are up (``scripts/kafka.sh start``,
     ``scripts/flink.sh start``); otherwise the last recorded results, dated."""
-    live = _listening(19092) and _listening(8081)
+    live = _listening(19092) and _listening(_flink_rest_port())
     started = False
     if not live and b.args.start_services:
         print("\n== P5: starting the Kafka broker and the Flink cluster", flush=True)
@@ -682,6 +690,63 @@ def p5(b: Bench) -> dict:
     return {"rows": [{"id": "P5", "what": "Kafka → Flexprice on the local Flink cluster "
                       f"(scripts/flink/kafka_bench.py; {note})",
                       "value": value, "target": "first run sets the bar", "pass": None}]}
+
+
+# ============================================================================ K2, K3
+
+def kseries(b: Bench, wanted: set[str]) -> dict:
+    """K2 (Prism) and K3 (Flink p=1, p=2): a 300,000-record backlog drained into the
+    stand-in; events/s first to last event stored, events per CPU-second of every process
+    of the path (benchmarks/kafka_stream.py)."""
+    from benchmarks import kafka_stream as ks
+
+    count = 50_000 if b.quick else 300_000
+    rows, runs = [], {}
+    print("\n== K: per-record costs of the Python read path (best of 5)")
+    micro = ks.per_record_costs()
+    for k, v in micro.items():
+        print(f"    {k:<72} {v:8.2f} µs")
+    if not _listening(19092):
+        print("\n== K2/K3: the Kafka broker is not running (scripts/kafka.sh start)")
+        return {"rows": [{"id": k, "what": "Kafka path", "value": "not measured (no broker)",
+                          "target": "-", "pass": None} for k in sorted(wanted & {"K2", "K3"})]}
+    if "K2" in wanted:
+        print(f"\n== K2: Prism streaming, {count:,}-record backlog → stand-in")
+        r = runs["K2"] = ks.run_prism(b.mock, count, 4, b.workdir)
+        print("    " + ks.line(r), flush=True)
+        rows.append({"id": "K2", "what": f"Prism streaming, {count:,}-record backlog, first to "
+                     "last event stored", "value": ks.summary(r), "target": "≥ 80k events/s",
+                     "pass": bool(r.get("ok")) and r.get("events_per_s", 0) >= 80_000})
+    if "K3" in wanted:
+        if not _listening(_flink_rest_port()):
+            print("\n== K3: the Flink cluster is not running (scripts/flink.sh start)")
+            rows.append({"id": "K3", "what": "Flink", "value": "not measured (no cluster)",
+                         "target": "-", "pass": None})
+        else:
+            # A fresh first TaskManager (each Beam job leaks ~50 MB of metaspace, flink.sh),
+            # then one small warm-up job over every slot of every TaskManager: the figures
+            # are for JIT-warm TaskManagers.
+            subprocess.run([str(ROOT / "scripts" / "flink.sh"), "restart-taskmanager"],
+                           cwd=ROOT, capture_output=True, check=False)
+            ks.run_flink(b.mock, 50_000, 4, ks.flink_slots(), b.workdir)
+            for key, par, extra in (("K3p1", 1, []), ("K3p2", 2, []),
+                                    ("K3p1-nometrics", 1, ["--disable_metrics"])):
+                print(f"\n== K3: Flink parallelism {par} {' '.join(extra)}, {count:,}-record "
+                      "backlog → stand-in")
+                r = runs[key] = ks.run_flink(b.mock, count, 4, par, b.workdir, extra)
+                print("    " + ks.line(r), flush=True)
+            p1, p2 = runs["K3p1"], runs["K3p2"]
+            rows.append({"id": "K3", "what": f"Flink p=1, {count:,}-record backlog",
+                         "value": ks.summary(p1), "target": "≥ 50k events/s",
+                         "pass": bool(p1.get("ok")) and p1.get("events_per_s", 0) >= 50_000})
+            ratio = (p2.get("per_cpu_s", 0) / p1["per_cpu_s"]) if p1.get("per_cpu_s") else 0
+            rows.append({"id": "K3", "what": "Flink p=2: events per CPU-s / p=1's",
+                         "value": f"{ratio:.2f} ({ks.summary(p2)})", "target": "≥ 0.90",
+                         "pass": bool(p2.get("ok")) and ratio >= 0.9})
+            rows.append({"id": "K3", "what": "(info) Flink p=1 with `-- --disable_metrics` (no "
+                         "Beam metrics in Flink)", "value": ks.summary(runs["K3p1-nometrics"]),
+                         "target": "info", "pass": None})
+    return {"rows": rows, "runs": runs, "per_record_us": micro}
 
 
 # ============================================================================ profile
@@ -877,6 +942,9 @@ def main(argv: list[str] | None = None) -> int:
 
             results["kafka_bounded"] = k_series(b, ROOT, PY, _cli(), args.quick)
             results["rows"] += [r for r in results["kafka_bounded"]["rows"] if r["id"] in wanted]
+        if wanted & {"K2", "K3"}:
+            results["kafka"] = kseries(b, wanted)
+            results["rows"] += results["kafka"]["rows"]
         if "profile" in wanted:
             results["profile"] = profile(b)
     finally:

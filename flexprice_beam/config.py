@@ -175,6 +175,32 @@ class SaslConfig(_Model):
         return self
 
 
+#: consumer properties that other keys own: setting them twice would be ambiguous, and
+#: enable.auto.commit would commit offsets ahead of delivery
+_OWNED_PROPERTIES = {
+    "bootstrap.servers": "addresses", "group.id": "consumer_group",
+    "auto.offset.reset": "start_from_oldest", "enable.auto.commit": "(always false: offsets "
+    "are committed only behind delivery)", "security.protocol": "tls.enabled / sasl",
+    "sasl.mechanism": "sasl.mechanism", "ssl.truststore.location": "tls.ca_file",
+    "ssl.keystore.location": "tls.cert_file / tls.key_file",
+    "key.deserializer": "(set by the reader)", "value.deserializer": "(set by the reader)",
+}
+_SECRET_PROPERTY = re.compile(r"password|secret|jaas|ssl\.keystore\.(key|certificate)|"
+                              r"ssl\.truststore\.certificates|token|credential", re.I)
+
+
+def consumer_property_refused(key: str) -> str | None:
+    """Why ``input.kafka.consumer_properties`` may not carry ``key`` (None: it may)."""
+    if _SECRET_PROPERTY.search(key):
+        return ("a secret does not go in consumer_properties (it would be shown with the "
+                "job's options): use input.kafka.sasl.password / tls.key_file")
+    owner = _OWNED_PROPERTIES.get(key.strip().lower())
+    if owner:
+        return f"set by input.kafka.{owner}" if not owner.startswith("(") else \
+            f"not settable {owner}"
+    return None
+
+
 class KafkaInput(_Model):
     addresses: list[str] = Field(min_length=1)
     topics: list[str] = Field(min_length=1)
@@ -196,6 +222,20 @@ class KafkaInput(_Model):
         True, description="bounded runs: commit the group's offsets after delivery")
     batch_size: int = Field(500, ge=1, le=100_000)
     max_record_bytes: ByteSize = 1024 * 1024
+    consumer_properties: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Java KafkaConsumer properties passed through (max.poll.records, "
+                    "fetch.max.bytes, ...); not secrets, not what other keys set")
+
+    @model_validator(mode="after")
+    def _check_consumer_properties(self) -> KafkaInput:
+        for key in self.consumer_properties:
+            why = consumer_property_refused(key)
+            if why:
+                raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+                    type=PydanticCustomError("refused_property", why),
+                    loc=("consumer_properties", key), input=key)])
+        return self
 
     @property
     def bounded(self) -> bool:

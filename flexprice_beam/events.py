@@ -63,6 +63,8 @@ def rfc3339(ts: dt.datetime) -> str:
 
 
 def rfc3339_from_millis(millis: int) -> str:
+    """``rfc3339`` of a Unix time in ms (the same text), formatting each second only once:
+    formatting a datetime was ~80 % of decoding a Kafka record (docs/benchmarks.md)."""
     if 0 <= millis < _EXACT_MILLIS:  # the same string, without a datetime per record
         seconds, ms = divmod(millis, 1000)
         return f"{_utc_second(seconds)}{ms:03d}Z"

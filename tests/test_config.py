@@ -95,6 +95,42 @@ def test_secret_not_in_repr():
     assert "super-secret-123" not in str(cfg.model_dump())
 
 
+KAFKA = """
+input:
+  kafka:
+    addresses: ["a:9092"]
+    topics: [events]
+    consumer_properties:
+      {props}
+output: {{flexprice: {{api_host: h, api_key: k}}}}
+"""
+
+
+def test_kafka_consumer_properties_pass_through_to_the_java_consumer():
+    from flexprice_beam.io.kafka import java_consumer_config
+
+    cfg = load_config_text(KAFKA.format(props="{max.poll.records: 2000, fetch.max.bytes: "
+                                              "52428800, check.crcs: false}"), env={})
+    conf = java_consumer_config(cfg.input.kafka)
+    assert conf["max.poll.records"] == "2000" and conf["fetch.max.bytes"] == "52428800"
+    assert conf["check.crcs"] == "false" and conf["enable.auto.commit"] == "false"
+
+
+@pytest.mark.parametrize("prop,reason", [
+    ("ssl.keystore.password: s3cret", "a secret does not go in consumer_properties"),
+    ("ssl.key.password: s3cret", "a secret does not go in consumer_properties"),
+    ("sasl.jaas.config: 'x required password=\"s3cret\";'", "a secret does not go in"),
+    ("enable.auto.commit: true", "offsets are committed only behind delivery"),
+    ("group.id: other", "set by input.kafka.consumer_group"),
+])
+def test_kafka_consumer_properties_refuse_secrets_and_owned_keys(prop, reason):
+    with pytest.raises(ConfigError) as err:
+        load_config_text(KAFKA.format(props=prop), env={})
+    key = prop.split(":", 1)[0]
+    assert f"input.kafka.consumer_properties.{key}: " in str(err.value)
+    assert reason in str(err.value) and "s3cret" not in str(err.value)
+
+
 # -- interpolation inside parsed values: no secret can change the YAML structure (issue 15)
 
 SASL = """

@@ -179,7 +179,8 @@ def submit_job(cfg_path: Path, rest, cluster: dict, summary: Path,
          "--checkpointing-interval", "3s", "--summary-json", str(summary),
          *(["--", *beam_args] if beam_args else [])],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster.get(
+        # every address as `scripts/flink.sh env` reports it (FLINK_REST_PORT & co.)
+        env={**os.environ, **cluster, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster.get(
             "BEAM_JOB_ENDPOINT", "localhost:8099")})
     return proc, (json.loads(summary.read_text()) if summary.exists() else {})
 

@@ -29,12 +29,14 @@ def test_beam_args_translate_the_cli_conveniences(monkeypatch):
                      "--environment_config=localhost:50000", "--streaming",
                      "--checkpointing_interval=2500", "--finish_bundle_before_checkpointing",
                      "--kafka_expansion_service=localhost:8097", "--job_name=j1",
-                     "--parallelism=3"):
+                     "--parallelism=3", "--object_reuse", "--max_bundle_size=5000"):
         assert expected in args
     assert target.rest == "flink.internal:8081"
     # raw Beam options after `--` come last and win
-    opts = PipelineOptions(args + ["--environment_config=pool.internal:50000"])
+    opts = PipelineOptions(args + ["--environment_config=pool.internal:50000",
+                                   "--max_bundle_size=1000"])
     assert opts.get_all_options()["environment_config"] == "pool.internal:50000"
+    assert opts.get_all_options(retain_unknown_options=True)["max_bundle_size"] == "1000"
     assert opts.view_as(StandardOptions).streaming
 
 

@@ -107,6 +107,23 @@ def test_client_reuses_one_connection_and_replaces_one_the_server_closed():
 
 # -- inline first attempts ----------------------------------------------------------------
 
+def test_inline_sender_replaces_an_idle_connection_the_server_closed(monkeypatch):
+    """Only a connection idle for RECHECK_IDLE is checked (the check gives the GIL away)."""
+    from flexprice_beam.io import inline
+
+    with MockFlexprice(api_key=API_KEY) as m:
+        sender = InlineSender(_client(m), threading.BoundedSemaphore(2), timeout=5)
+        assert sender.try_send(_batch(0, 5)) is True
+        assert [a.status for _, a in _poll_all(sender, 1)] == [202]
+        port = m.port
+    with MockFlexprice(api_key=API_KEY, port=port) as m2:
+        monkeypatch.setattr(inline, "RECHECK_IDLE", 0.0)  # as if idle for longer
+        assert sender.try_send(_batch(5, 5)) is True
+        assert [a.status for _, a in _poll_all(sender, 1)] == [202]
+        assert m2.stats()["events_stored"] == 5 and m2.stats()["connections_opened"] == 1
+        sender.close()
+
+
 def test_inline_sender_keeps_to_its_permits_and_reads_answers_as_they_come(mock_api):
     permits = threading.BoundedSemaphore(2)
     sender = InlineSender(_client(mock_api), permits, timeout=5)

@@ -7,8 +7,9 @@ Three ways, in order:
    (its Java environment is EMBEDDED in the TaskManagers).
 2. Otherwise we start the cached jar ourselves (``scripts/kafka.sh install`` puts it at
    ``~/.apache_beam/cache/jars/``) with ``--alsoStartLoopbackWorker``, so the Java half of
-   the read runs in that JVM: no Docker.  It lives as long as the run, and dies with this
-   process even on SIGKILL (PR_SET_PDEATHSIG), so no orphan JVM keeps reading.
+   the read runs in that JVM: no Docker.  It lives as long as the run, in its own session
+   (a terminal's Ctrl-C reaches only us), and dies with this process even on SIGKILL
+   (PR_SET_PDEATHSIG), so no orphan JVM keeps reading (``LocalService``; Prism too).
 
 With Beam 2.62 a loopback Java worker serves ONE pipeline run: a second run through the
 same JVM hangs (its Java worker fails to start with RejectedExecutionException), so (2)
@@ -39,7 +40,11 @@ ENV_ADDRESS = "FLEXPRICE_KAFKA_EXPANSION_SERVICE"
 ENV_JAR = "BEAM_IO_EXPANSION_SERVICE_JAR"
 
 
-class ExpansionServiceError(RuntimeError):
+class ServiceError(RuntimeError):
+    pass
+
+
+class ExpansionServiceError(ServiceError):
     pass
 
 
@@ -54,7 +59,7 @@ def find_jar() -> Path:
         f"in ${ENV_JAR} or ~/.apache_beam/cache/jars; run `scripts/kafka.sh install` first")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -67,37 +72,51 @@ def _die_with_parent() -> None:
         pass
 
 
-class LocalExpansionService:
-    """A JVM running the expansion service + loopback Java worker for one run."""
+class LocalService:
+    """A helper process one run owns (a JVM, Prism): started, waited for, always stopped.
 
-    def __init__(self, jar: Path | None = None, port: int | None = None):
-        self.jar = jar or find_jar()
-        self.port = port or _free_port()
+    It gets its own session, so a Ctrl-C in the terminal reaches only the collector, which
+    then stops it in order; and it dies with the collector even on SIGKILL
+    (PR_SET_PDEATHSIG; the collector starts it from its main thread).
+    """
+
+    what = "service"
+    log_env = "FLEXPRICE_SERVICE_LOG"
+    error: type[ServiceError] = ServiceError
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
         self.address = f"localhost:{self.port}"
         self._proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120.0) -> LocalExpansionService:
-        log_path = Path(os.environ.get("FLEXPRICE_EXPANSION_LOG", os.devnull))
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, timeout: float = 120.0):
+        log_path = Path(os.environ.get(self.log_env, os.devnull))
         out = open(log_path, "ab")  # noqa: SIM115 - owned by the child
         self._proc = subprocess.Popen(
-            ["java", "-jar", str(self.jar), str(self.port), "--alsoStartLoopbackWorker"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent)
+            self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent)
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise ExpansionServiceError(
-                    f"the Kafka expansion service exited with {self._proc.returncode} "
-                    f"(java -jar {self.jar}); set FLEXPRICE_EXPANSION_LOG=file to see why")
+                raise self.error(
+                    f"the {self.what} exited with {self._proc.returncode} "
+                    f"({' '.join(self.command())}); set {self.log_env}=file to see why")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    log.info("Kafka expansion service ready on %s", self.address)
+                    log.info("%s ready on %s", self.what, self.address)
                     return self
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise ExpansionServiceError(f"the Kafka expansion service did not open port {self.port}")
+        raise self.error(f"the {self.what} did not open port {self.port}")
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -106,10 +125,26 @@ class LocalExpansionService:
                 self._proc.wait(10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+                self._proc.wait(5)
         self._proc = None
 
-    def __enter__(self) -> LocalExpansionService:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class LocalExpansionService(LocalService):
+    """A JVM running the expansion service + loopback Java worker for one run."""
+
+    what = "Kafka expansion service"
+    log_env = "FLEXPRICE_EXPANSION_LOG"
+    error = ExpansionServiceError
+
+    def __init__(self, jar: Path | None = None, port: int | None = None):
+        super().__init__(port)
+        self.jar = jar or find_jar()
+
+    def command(self) -> list[str]:
+        return ["java", "-jar", str(self.jar), str(self.port), "--alsoStartLoopbackWorker"]

@@ -19,6 +19,7 @@ from apache_beam.metrics import Metrics
 from flexprice_beam.config import GenerateInput
 from flexprice_beam.events import Record, parse_timestamp, rfc3339
 from flexprice_beam.ops.shutdown import STOP
+from flexprice_beam.transforms.batches import Batch
 
 
 def _start(cfg: GenerateInput) -> dt.datetime:
@@ -123,6 +124,8 @@ class GenerateEvents(beam.PTransform):
             ranges = [(a, min(a + cfg.batch_size, cfg.count))
                       for a in range(0, cfg.count, cfg.batch_size)]
             return (pbegin | "Ranges" >> beam.Create(ranges, reshuffle=False)
-                    | "Generate" >> beam.ParDo(_GenerateRangeFn(cfg, self._start)))
+                    | "Generate" >> beam.ParDo(
+                        _GenerateRangeFn(cfg, self._start)).with_output_types(Batch))
         return (pbegin | "Impulse" >> beam.Impulse()
-                | "Generate" >> beam.ParDo(_GenerateForeverFn(cfg, self._start)))
+                | "Generate" >> beam.ParDo(
+                    _GenerateForeverFn(cfg, self._start)).with_output_types(Batch))

@@ -28,6 +28,10 @@ class _Exchange:
     started: float
 
 
+#: seconds a connection may have been idle and still be reused without a dropped() check
+RECHECK_IDLE = 1.0
+
+
 class InlineSender:
     """Non-blocking first attempts on the caller's own connections; single-threaded."""
 
@@ -36,7 +40,7 @@ class InlineSender:
         self._client = client
         self._permits = permits  # shared with the thread pool: max_in_flight per process
         self._timeout = timeout
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (conn, idle since)
         self._busy: dict[int, _Exchange] = {}
         self._selector = selectors.DefaultSelector()
 
@@ -90,13 +94,18 @@ class InlineSender:
                                     latency=time.monotonic() - ex.started)
         answer, reusable = self._client.receive(ex.conn, ex.started)
         if reusable:
-            self._idle.append(ex.conn)
+            self._idle.append((ex.conn, time.monotonic()))
         return ex.batch, answer
 
     def _connection(self) -> http.client.HTTPConnection:
+        # A connection answered less than RECHECK_IDLE ago is reused without asking the
+        # kernel: servers close keep-alive connections after seconds of idleness, and the
+        # zero-timeout select() gave the GIL away on every request, stalling the bundle
+        # thread behind the gRPC reader (a quarter of the collector's samples on Prism).
+        # If one was closed anyway, the send fails and is retried like any connection error.
         while self._idle:
-            conn = self._idle.pop()
-            if not dropped(conn):
+            conn, since = self._idle.pop()
+            if time.monotonic() - since < RECHECK_IDLE or not dropped(conn):
                 return conn
             conn.close()
         return self._client.new_connection()
@@ -105,7 +114,7 @@ class InlineSender:
         """Abandon what is in flight (its batches were not acknowledged: never counted)."""
         for fd in list(self._busy):
             self._release(fd).conn.close()
-        for conn in self._idle:
+        for conn, _ in self._idle:
             conn.close()
         self._idle.clear()
         self._selector.close()

@@ -28,6 +28,7 @@ from flexprice_beam.config import KafkaInput
 from flexprice_beam.events import Record, rfc3339_from_millis
 from flexprice_beam.io.offsets import TRACKER, kafka_position
 from flexprice_beam.io.secrets import jaas_password, sasl_password
+from flexprice_beam.transforms.batches import Batch
 
 log = logging.getLogger("flexprice_beam.kafka")
 
@@ -47,9 +48,13 @@ def security_protocol(cfg: KafkaInput) -> str:
 
 
 def java_consumer_config(cfg: KafkaInput) -> dict[str, str]:
-    """The Java KafkaConsumer properties for ``ReadFromKafka``; with ``sasl.password_env``
-    they name the variable (``${env:NAME}``), resolved by Kafka inside the worker's JVM."""
-    conf = {
+    """The Java KafkaConsumer properties for ``ReadFromKafka``: the pass-through
+    ``consumer_properties`` first; config.py refuses those that the keys below set. With
+    ``sasl.password_env`` they name the variable (``${env:NAME}``), resolved by Kafka
+    inside the worker's JVM."""
+    conf = {k: str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in cfg.consumer_properties.items()}
+    conf |= {
         "bootstrap.servers": ",".join(cfg.addresses),
         "group.id": cfg.consumer_group,
         "auto.offset.reset": "earliest" if cfg.start_from_oldest else "latest",
@@ -189,22 +194,32 @@ class _DecodeAndBatchFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._batch: list[Record] = []
 
-    def process(self, rec) -> Iterable[list[Record]]:
+    def process(self, rec) -> list[list[Record]] | None:  # noqa: RET503 - None: no output
+        # Not a generator, and counters once per batch: this runs once per Kafka record,
+        # where a generator object and a Beam counter update each cost about as much as
+        # orjson.loads (docs/benchmarks.md, "Kafka read path").
         r = decode(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value,
                    self._max_bytes)
-        self._read.inc()
+        batch = self._batch
+        batch.append(r)
+        if len(batch) >= self._batch_size:
+            self._batch = []
+            self._count(batch)
+            return [batch]
+
+    def _count(self, batch: list[Record]) -> None:
+        """Per batch, before it is emitted: counters, and the offset tracker (Prism)."""
         if self._track:
-            TRACKER.read(rec.topic, rec.partition, rec.offset)
-        if r.error:
-            self._bad.inc()
-        self._batch.append(r)
-        if len(self._batch) >= self._batch_size:
-            batch, self._batch = self._batch, []
-            yield batch
+            TRACKER.read_many([r.origin for r in batch])
+        self._read.inc(len(batch))
+        bad = sum(1 for r in batch if r.error is not None)
+        if bad:
+            self._bad.inc(bad)
 
     def finish_bundle(self):
         if self._batch:
             batch, self._batch = self._batch, []
+            self._count(batch)
             yield WindowedValue(batch, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
@@ -239,7 +254,7 @@ class ReadKafkaRecords(beam.PTransform):
         )
         return (pbegin | "ReadFromKafka" >> read
                 | "DecodeAndBatch" >> beam.ParDo(
-                    _DecodeAndBatchFn(cfg, self._track_offsets)))
+                    _DecodeAndBatchFn(cfg, self._track_offsets)).with_output_types(Batch))
 
 
 def _offset_of(origin: dict | None) -> list[tuple[tuple[str, int], int]]:

@@ -37,12 +37,15 @@ class OffsetTracker:
         self._committer: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def read(self, topic: str, partition: int, offset: int) -> None:
-        key = (topic, partition)
+    def read_many(self, origins: list[dict[str, Any]]) -> None:
+        """``read`` for a batch under one lock (records of a partition come in order, so a
+        record not registered yet always lies above what ``committable`` may return)."""
         with self._lock:
-            self._pending.setdefault(key, set()).add(offset)
-            if offset + 1 > self._next.get(key, -1):
-                self._next[key] = offset + 1
+            for o in origins:
+                key, offset = (o["topic"], o["partition"]), o["offset"]
+                self._pending.setdefault(key, set()).add(offset)
+                if offset + 1 > self._next.get(key, -1):
+                    self._next[key] = offset + 1
 
     def done(self, origin: dict[str, Any] | None) -> None:
         pos = kafka_position(origin) if self.enabled else None

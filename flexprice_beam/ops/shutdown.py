@@ -23,6 +23,7 @@ first signal exits at once, which loses nothing either (see ``handle_signals``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -75,6 +76,29 @@ def nullcontext() -> Iterator[None]:
     yield None
 
 
+def quiet_rpc_errors() -> None:
+    """From now on, a background thread that dies of a gRPC error prints nothing.
+
+    Called when we stop a runner ourselves (a signal, the end of a run): the SDK worker's
+    and the job's streams then all end with ``StatusCode.UNAVAILABLE``, which Python's
+    default hook would print as one traceback per thread before our summary."""
+    import grpc
+
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not isinstance(args.exc_value, grpc.RpcError):
+            previous(args)
+
+    def not_rpc_error(record: logging.LogRecord) -> bool:  # Beam's worker logs them too
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, grpc.RpcError)
+
+    threading.excepthook = hook
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(not_rpc_error)
+
+
 def _say(text: str) -> None:
     # Straight to fd 2: a signal handler must not take the logging locks.
     with contextlib.suppress(OSError):
@@ -104,7 +128,8 @@ def handle_signals(grace: float = 30.0, graceful: bool = True) -> Iterator[Shutd
                  "read again).")
             os._exit(128 + signum)
         STOP.request(signum, grace)
-        if not graceful:  # unwind (the runner stops its expansion service), then exit
+        if not graceful:  # unwind (the runner stops Prism and its JVM), then exit
+            quiet_rpc_errors()
             _say(f"Received {name}: exiting now. Kafka offsets are committed only for "
                  "delivered or dead-lettered records; a restart reads the rest again "
                  "(already-sent events are deduplicated).")

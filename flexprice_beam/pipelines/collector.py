@@ -19,6 +19,7 @@ from flexprice_beam.config import CollectorConfig, ConfigError
 from flexprice_beam.io.dead_letter import WriteDeadLetters
 from flexprice_beam.io.generate import GenerateEvents
 from flexprice_beam.io.sink import WriteToFlexprice
+from flexprice_beam.transforms.batches import Batch
 from flexprice_beam.transforms.mapping import DEAD_LETTER, MapRecords
 from flexprice_beam.transforms.validate import ValidateEvents
 
@@ -127,10 +128,11 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
         from flexprice_beam.io.kafka_range import READ_TO
 
         records, read_to = records.records, (records[READ_TO],)
-    mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_outputs(
-        DEAD_LETTER, main="events")
+    mapped = records | "Map" >> beam.ParDo(MapRecords(cfg.pipeline)).with_output_types(
+        Batch).with_outputs(DEAD_LETTER, main="events")
     valid = mapped.events | "Validate" >> beam.ParDo(
-        ValidateEvents(cfg.pipeline.max_event_bytes, cfg.pipeline.big_numbers)).with_outputs(
+        ValidateEvents(cfg.pipeline.max_event_bytes, cfg.pipeline.big_numbers)).with_output_types(
+        Batch).with_outputs(
         DEAD_LETTER, main="valid")
     written = valid.valid | "WriteToFlexprice" >> (sink or WriteToFlexprice(cfg.output.flexprice))
     dead = [mapped[DEAD_LETTER], valid[DEAD_LETTER]]

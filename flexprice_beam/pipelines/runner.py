@@ -19,6 +19,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
+    PortableOptions,
     PrismRunnerOptions,
     StandardOptions,
 )
@@ -27,7 +28,7 @@ from flexprice_beam.config import CollectorConfig
 from flexprice_beam.io.client import FlexpriceAuthError
 from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService
 from flexprice_beam.io.secrets import SecretError, resolve_api_key
-from flexprice_beam.ops import live
+from flexprice_beam.ops import live, shutdown
 from flexprice_beam.ops.metrics_server import MetricsServer
 from flexprice_beam.ops.progress import Progress
 from flexprice_beam.pipelines import collector
@@ -90,6 +91,9 @@ class RunSummary:
             f"took:           {self.seconds:.1f}s ({rate:,.0f} events/s)",
             "reconciled:     " + (
                 "n/a: the run failed" if self.error else
+                "n/a: stopped while streaming; what was read but not yet delivered is read "
+                "again on restart (offsets are committed only behind delivery)"
+                if self.state == "STOPPED" else
                 "yes, read = accepted + dead-lettered + filtered" if self.balanced else
                 "NO — counts do not balance"),
         ]
@@ -126,12 +130,17 @@ _COUNTERS = {
 
 
 def summarize(result) -> RunSummary:
-    summary = RunSummary()
     totals: dict[str, int] = {}
     for c in result.metrics().query(MetricsFilter())["counters"]:
         name = c.key.metric.name
         value = c.committed if c.committed is not None else c.attempted
         totals[name] = totals.get(name, 0) + int(value or 0)
+    return summary_of(totals)
+
+
+def summary_of(totals: dict[str, int]) -> RunSummary:
+    """The summary from counter totals (the runner's, or this process's live copy)."""
+    summary = RunSummary()
     for name, value in totals.items():
         attr = _COUNTERS.get(name)
         if attr:
@@ -194,6 +203,25 @@ def pipeline_options(beam_args: list[str], cfg: CollectorConfig | None = None
     elif std.runner is None or std.runner in LOCAL_NAMES:
         std.runner = LOCAL_ENGINE
     return options
+
+
+def is_prism(options: PipelineOptions) -> bool:
+    return "prism" in str(options.view_as(StandardOptions).runner).lower()
+
+
+def _local_prism(options: PipelineOptions):
+    """Start Prism ourselves (pipelines/prism.py) unless a ``--job_endpoint`` was given."""
+    if not is_prism(options):
+        return None
+    portable = options.view_as(PortableOptions)
+    if portable.job_endpoint:
+        return None
+    from flexprice_beam.pipelines.prism import LocalPrism
+
+    binary = options.view_as(PrismRunnerOptions).prism_location or find_prism()
+    prism = LocalPrism(binary).start(timeout=60)
+    portable.job_endpoint = prism.address
+    return prism
 
 
 def find_prism() -> str:
@@ -267,6 +295,12 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
             log.error("Pipeline not started: %s", exc)
             return RunSummary(state="FAILED", error=str(exc))
     expansion = _kafka_expansion(cfg, options)
+    try:
+        prism = _local_prism(options)
+    except Exception:
+        if expansion is not None:
+            expansion.stop()
+        raise
     p = beam.Pipeline(options=options)
     collector.build(p, cfg, sink=sink, dead_letter_sink=dead_letter_sink)
     source = "generate" if cfg.input.generate is not None else "kafka"
@@ -284,6 +318,13 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
         state = result.wait_until_finish()
         summary = summarize(result)
         summary.state = str(state)
+    except KeyboardInterrupt:
+        if not shutdown.STOP.requested.is_set():
+            raise
+        # SIGINT/SIGTERM on a run that cannot stop its input (Kafka): what this process
+        # counted so far; the caller exits with 128 + signal.
+        summary = summary_of(live.LIVE.snapshot()["counters"])
+        summary.state = "STOPPED"
     except Exception as exc:  # the runner wraps worker errors in its own exception types
         message = _auth_message(exc) or kafka_failure(str(exc)) or kafka_read_failure(exc)
         summary.error = message or f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
@@ -296,9 +337,19 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
             live.LIVE.end("failed" if summary.error else "done", summary.error, summary.as_dict())
         if owned and server is not None:
             server.stop()
-        if expansion is not None and wait:
-            expansion.stop()
+        if wait:
+            _stop_services(prism, expansion)
     return summary
+
+
+def _stop_services(prism, expansion) -> None:
+    """Prism first (no new bundles), then the JVM that reads Kafka for it.  The runner's
+    gRPC streams in this process then end with UNAVAILABLE: expected, so not printed."""
+    if prism is not None:
+        shutdown.quiet_rpc_errors()
+        prism.stop()
+    if expansion is not None:
+        expansion.stop()
 
 
 def _kafka_expansion(cfg: CollectorConfig, options: PipelineOptions):
