@@ -100,20 +100,33 @@ def find(blob: bytes, secrets: list[bytes], where: str = "", depth: int = 0) -> 
     return hits
 
 
-def find_in_files(root: Path, secrets: list[bytes], skip=lambda p: False) -> list[str]:
-    """``find`` over every regular file under ``root`` (jar members are read decompressed)."""
+def find_in_files(root: Path, secrets: list[bytes], skip=lambda p: False,
+                  since: dict[str, int] | None = None) -> list[str]:
+    """``find`` over every regular file under ``root`` (jar members are read decompressed);
+    ``since`` ({path: size}): of those files only what was appended after that size."""
+    import io
     import zipfile
 
     hits = []
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and not skip(p)):
-        data = path.read_bytes()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        try:  # a running job's checkpoints rotate: a file listed may be gone
+            if skip(path):
+                continue
+            data = path.read_bytes()[(since or {}).get(str(path), 0):]
+        except FileNotFoundError:
+            continue
         hits += [f"{path}: {h}" for h in find(data, secrets)]
         if data[:2] == b"PK":
             try:
-                with zipfile.ZipFile(path) as z:
+                with zipfile.ZipFile(io.BytesIO(data)) as z:
                     for info in z.infolist():
                         hits += [f"{path}!{info.filename}: {h}"
                                  for h in find(z.read(info), secrets)]
             except zipfile.BadZipFile:
                 pass
     return hits
+
+
+def sizes(root: Path) -> dict[str, int]:
+    """{path: size} of the files under ``root`` now (for ``find_in_files(since=…)``)."""
+    return {str(p): p.stat().st_size for p in Path(root).rglob("*") if p.is_file()}

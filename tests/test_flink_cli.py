@@ -33,8 +33,10 @@ def test_beam_args_translate_the_cli_conveniences(monkeypatch):
         assert expected in args
     assert target.rest == "flink.internal:8081"
     # raw Beam options after `--` come last and win
-    opts = PipelineOptions(args + ["--environment_config=pool.internal:50000",
-                                   "--max_bundle_size=1000"])
+    merged = flink.with_overrides(args, ["--environment_config=pool.internal:50000",
+                                         "--max_bundle_size=1000"])
+    assert sum(a.startswith("--max_bundle_size") for a in merged) == 1
+    opts = PipelineOptions(merged)
     assert opts.get_all_options()["environment_config"] == "pool.internal:50000"
     assert opts.get_all_options(retain_unknown_options=True)["max_bundle_size"] == "1000"
     assert opts.view_as(StandardOptions).streaming

@@ -11,10 +11,10 @@ workers from ``api_key_file``. While it runs:
 * two scrapes of every TaskManager's Prometheus reporter (scripts/flink.sh) show
   ``events_accepted`` and ``events_dead_lettered`` rising (bad records are produced too),
   and ``promtool check metrics`` accepts the exposition;
-* then the Flink REST API (job, plan, config, vertices, checkpoints, exceptions) and every
-  file under the cluster's data dir (the job server's staged artefacts, blobs, checkpoints,
-  SDK worker dirs) and logs are searched for both secrets -- raw, base64, zlib, bz2,
-  Snappy, recursively -- with 0 hits (docs/reliability.md, "Job-graph secrets").
+* then the Flink REST API (job, plan, config, vertices, checkpoints, exceptions) and what
+  the cluster wrote for the job under its data dir (the job server's staged artefacts,
+  blobs, the job's checkpoints, SDK worker dirs) and logs are searched for both secrets --
+  raw, base64, zlib, bz2, Snappy, recursively -- with 0 hits (docs/reliability.md, "Job-graph secrets").
 """
 
 from __future__ import annotations
@@ -179,6 +179,9 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
                                  "timeout": "5s"},
                    "dead_letter": {"path": str(tmp_path / "dead-letter")}}}))
     jid = None
+    # what the cluster held before this job (other jobs' checkpoints, logs) is not searched:
+    # only what was written for it from here on
+    before = {**secret_scan.sizes(cache / "logs"), **secret_scan.sizes(cache / "data")}
     try:
         summary = tmp_path / "submission.json"
         proc = subprocess.run(
@@ -234,8 +237,13 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
         def the_job_server_jar(path: Path) -> bool:  # staged as the EMBEDDED env's artefact
             return path.stat().st_size == jar_size and _sha256(path) == jar_sha
 
-        hits += secret_scan.find_in_files(cache / "data", secrets, skip=the_job_server_jar)
-        hits += secret_scan.find_in_files(cache / "logs", secrets)
+        def not_this_job(path: Path) -> bool:
+            checkpoints = cache / "data" / "checkpoints"
+            return ((path.is_relative_to(checkpoints) and jid not in path.parts)
+                    or before.get(str(path)) == path.stat().st_size or the_job_server_jar(path))
+
+        hits += secret_scan.find_in_files(cache / "data", secrets, skip=not_this_job, since=before)
+        hits += secret_scan.find_in_files(cache / "logs", secrets, since=before)
         hits += secret_scan.find_in_files(cache / "conf", secrets)
         assert hits == [], hits[:20]
         # ...and the references are what it holds instead

@@ -93,6 +93,18 @@ def default_job_name() -> str:
     return f"flexprice-beam-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def _flag(arg: str) -> str | None:
+    return arg.split("=", 1)[0] if arg.startswith("--") else None
+
+
+def with_overrides(ours: list[str], extra: list[str]) -> list[str]:
+    """``ours`` without the flags ``extra`` gives again, then ``extra``: raw options after
+    ``--`` win, and no flag appears twice (Beam 2.62's ``retain_unknown_options``, which the
+    portable runner uses to send the options, fails on a repeated unknown flag)."""
+    given = {f for f in map(_flag, extra) if f}
+    return [a for a in ours if _flag(a) not in given] + extra
+
+
 def beam_args(target: FlinkTarget, *, job_name: str, checkpointing_interval: float = 10.0,
               parallelism: int | None = None, batching_period: float = 1.0) -> list[str]:
     """The Beam options ``--runner flink`` stands for (raw options after ``--`` win).
@@ -363,9 +375,11 @@ def run_cli(cfg: CollectorConfig, *, flink_master: str | None, parallelism: int 
     1 the job failed or did not start, 2 the cluster is not reachable."""
     target = FlinkTarget.from_env(flink_master)
     rest = FlinkRest(target.rest)
-    args = beam_args(target, job_name=default_job_name(),
-                     checkpointing_interval=checkpointing_interval, parallelism=parallelism,
-                     batching_period=cfg.output.flexprice.batching.period) + list(extra_args)
+    args = with_overrides(beam_args(target, job_name=default_job_name(),
+                                    checkpointing_interval=checkpointing_interval,
+                                    parallelism=parallelism,
+                                    batching_period=cfg.output.flexprice.batching.period),
+                          list(extra_args))
     try:
         preflight(target, cfg, rest)
     except FlinkError as exc:
