@@ -266,7 +266,10 @@ def submit(cfg: CollectorConfig, args: list[str], rest: FlinkRest, *,
     options = PipelineOptions(args)
     job_name = options.view_as(GoogleCloudOptions).job_name or default_job_name()
     sub = Submission(job_name=job_name, rest=rest.base,
-                     options={k: v for k, v in options.get_all_options(drop_default=True).items()
+                     # retain: the Flink options (checkpointing_interval, …) are the job
+                     # server's, unknown here; PortableRunner adds them from its description
+                     options={k: v for k, v in options.get_all_options(
+                         drop_default=True, retain_unknown_options=True).items()
                               if k not in ("config",)})
     since_ms = int(time.time() * 1000) - 5000
     started = time.monotonic()
