@@ -201,6 +201,11 @@ def consumer_property_refused(key: str) -> str | None:
     return None
 
 
+def broker_list(items: list[str]) -> list[str]:
+    """One address per entry: ``${KAFKA_BROKERS}`` may expand to "a:9092,b:9092"."""
+    return [a.strip() for item in items for a in item.split(",") if a.strip()]
+
+
 class KafkaInput(_Model):
     addresses: list[str] = Field(min_length=1)
     topics: list[str] = Field(min_length=1)
@@ -243,12 +248,10 @@ class KafkaInput(_Model):
         return bool(self.max_records or self.max_read_time or self.stop_at_end
                     or self.stop_time or self.stop_offsets)
 
-    @model_validator(mode="after")
-    def _split_addresses(self) -> KafkaInput:
-        # ``${KAFKA_BROKERS}`` may expand to "a:9092,b:9092".
-        flat = [a.strip() for item in self.addresses for a in item.split(",") if a.strip()]
-        object.__setattr__(self, "addresses", flat)
-        return self
+    @field_validator("addresses")
+    @classmethod
+    def _split_addresses(cls, v: list[str]) -> list[str]:
+        return broker_list(v)
 
     @model_validator(mode="after")
     def _check_range(self) -> KafkaInput:
@@ -510,9 +513,8 @@ class DeadLetterKafka(_Model):
 
     @field_validator("addresses")
     @classmethod
-    def _split(cls, v: list[str]) -> list[str]:
-        # ``${KAFKA_BROKERS}`` may expand to "a:9092,b:9092".
-        return [a.strip() for item in v for a in item.split(",") if a.strip()]
+    def _split_addresses(cls, v: list[str]) -> list[str]:
+        return broker_list(v)
 
 
 class DeadLetterOutput(_Model):

@@ -122,6 +122,11 @@ class Replayer:
     def close(self) -> None:
         self._client.close()
 
+    @property
+    def client(self) -> FlexpriceClient:
+        """The client the replay sent through (for the read-back after it)."""
+        return self._client
+
     def deliver(self, items: list[Prepared]) -> dict[int, dict | None]:
         """id(item) → None if accepted, else its new dead letter; raises on 401/403."""
         buffer = _BatchBuffer(self._cfg.batching.count, self._cfg.batching.byte_size)
@@ -278,7 +283,7 @@ def replay(cfg: CollectorConfig, path: str | None = None, stage: str | None = No
             for f in (letter_files(source) if source else ()):
                 replay_file(f, replayer, report, stage, since_ts, cfg.pipeline.big_numbers)
         if read_back_wait is not None and report.sample:
-            report.held_text = read_back(replayer._client, report.sample,
+            report.held_text = read_back(replayer.client, report.sample,
                                          read_back_wait).render()
     except FlexpriceAuthError as exc:
         report.error = str(exc)
