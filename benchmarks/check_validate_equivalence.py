@@ -19,7 +19,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flexprice_beam.events import FlexpriceEvent
+from flexprice_beam.core.events import FlexpriceEvent
 from flexprice_beam.transforms import validate
 
 

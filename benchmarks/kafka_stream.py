@@ -141,7 +141,7 @@ def flink_pids(env: dict[str, str]) -> list[int]:
 
 def flink_slots() -> int:
     """Slots of the local cluster (every TaskManager), from its REST API."""
-    from flexprice_beam.pipelines import flink
+    from flexprice_beam.launch import flink
 
     rest = flink.FlinkRest(script_env("flink.sh").get("FLINK_REST", flink.DEFAULT_REST))
     try:
@@ -317,8 +317,8 @@ def run_flink(mock: Mock, count: int, partitions: int, parallelism: int, workdir
               extra_args: list[str] | None = None, timeout: float = 600,
               profile: Path | None = None) -> dict:
     """K3: submit the collector to the local Flink cluster, drain the backlog, cancel."""
-    from flexprice_beam.config import CollectorConfig
-    from flexprice_beam.pipelines import flink
+    from flexprice_beam.core.config import CollectorConfig
+    from flexprice_beam.launch import flink
 
     env = script_env("flink.sh")
     for k in ("FLINK_REST", "BEAM_JOB_ENDPOINT", "BEAM_WORKER_POOL", "BEAM_EXPANSION_SERVICE"):
@@ -386,7 +386,7 @@ def per_record_costs(n: int = 100_000) -> dict[str, float]:
     from apache_beam.coders import RowCoder
     from apache_beam.typehints.schemas import named_tuple_to_schema
 
-    from flexprice_beam.events import rfc3339, rfc3339_from_millis
+    from flexprice_beam.core.events import rfc3339, rfc3339_from_millis
     from flexprice_beam.io.kafka import decode
 
     class KafkaRow(typing.NamedTuple):  # the fields of Beam's ReadFromKafka metadata row

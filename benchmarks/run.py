@@ -130,7 +130,7 @@ class Mock:
     def __init__(self, workdir: Path):
         self.log = open(workdir / "mock.log", "w")
         self.proc = subprocess.Popen(
-            [PY, "-m", "flexprice_beam.mock", "--port", "0", "--api-key", API_KEY, "--fast"],
+            [PY, "-m", "flexprice_mock", "--port", "0", "--api-key", API_KEY, "--fast"],
             stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT)
         line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
         if "http://" not in line:

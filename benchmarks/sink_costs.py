@@ -52,10 +52,10 @@ def child(variant: str, events: int, host_port: str) -> dict:
     import resource
 
     from benchmarks.workers import CountingSink
-    from flexprice_beam.config import CollectorConfig
+    from flexprice_beam.core.config import CollectorConfig
     from flexprice_beam.io import client as client_mod
     from flexprice_beam.io import sink as sink_mod
-    from flexprice_beam.pipelines.runner import run
+    from flexprice_beam.launch.runner import run
 
     if variant.startswith("instant"):
         ok = client_mod.Answer(202, '{"message":"Events accepted for processing"}')

@@ -48,7 +48,7 @@ class CountingSink(beam.PTransform):
 # ------------------------------------------------------------------------ the measurements
 
 def _generate_cfg(spec: dict):
-    from flexprice_beam.config import GenerateInput
+    from flexprice_beam.core.config import GenerateInput
 
     return GenerateInput(count=spec["count"], batch_size=spec.get("batch_size", 500),
                          seed=spec.get("seed", 42), start_time="2026-01-01T00:00:00Z")
@@ -56,8 +56,8 @@ def _generate_cfg(spec: dict):
 
 def plain(spec: dict) -> dict:
     """The plain-Python bound: the pipeline's own functions in one loop, no Beam, no HTTP."""
-    from flexprice_beam.config import PipelineConfig
-    from flexprice_beam.events import parse_timestamp
+    from flexprice_beam.core.config import PipelineConfig
+    from flexprice_beam.core.events import parse_timestamp
     from flexprice_beam.io.generate import generate_batch
     from flexprice_beam.transforms import validate
     from flexprice_beam.transforms.mapping import Mapper
@@ -84,8 +84,8 @@ def plain(spec: dict) -> dict:
 
 def pipeline(spec: dict) -> dict:
     """``runner.run`` on the local engine (FnApiRunner) with the real or the no-op sink."""
-    from flexprice_beam.config import CollectorConfig
-    from flexprice_beam.pipelines.runner import run
+    from flexprice_beam.core.config import CollectorConfig
+    from flexprice_beam.launch.runner import run
 
     cfg = CollectorConfig.model_validate(spec["config"])
     sink = CountingSink() if spec.get("sink") == "noop" else None
@@ -129,8 +129,8 @@ def stages(spec: dict) -> dict:
     stays in cache (as a list does while it passes through the fused pipeline), best of 5."""
     import timeit
 
-    from flexprice_beam.config import PipelineConfig
-    from flexprice_beam.events import parse_timestamp
+    from flexprice_beam.core.config import PipelineConfig
+    from flexprice_beam.core.events import parse_timestamp
     from flexprice_beam.io.generate import generate_batch
     from flexprice_beam.transforms import validate
     from flexprice_beam.transforms.mapping import Mapper

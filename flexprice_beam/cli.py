@@ -10,14 +10,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
 import os
 import sys
 
 from flexprice_beam import __version__
-from flexprice_beam.config import CollectorConfig, ConfigError, load_config
-from flexprice_beam.logs import setup_logging
+from flexprice_beam.core.config import CollectorConfig, ConfigError
+from flexprice_beam.core.logs import setup_logging
 from flexprice_beam.ops import commands as ops_commands
 
 log = logging.getLogger("flexprice_beam")
@@ -32,28 +34,9 @@ def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def _load(path: str) -> CollectorConfig:
-    cfg = load_config(path)
-    _check_mapping(cfg)
-    return cfg
-
-
-def _check_mapping(cfg: CollectorConfig) -> None:
-    """Compile the mapping now so a bad expression is a config error, not 10k dead letters."""
-    from flexprice_beam.transforms.mapping import Mapper, MappingError
-
-    try:
-        Mapper(cfg.pipeline)
-    except MappingError as exc:
-        field = exc.field or ""
-        path = field if field.startswith("pipeline.") else "pipeline.mapping" + (
-            f".{field}" if field else "")
-        raise ConfigError(f"invalid configuration:\n  {path}: {exc.reason}") from None
-
-
 def cmd_lint(args: argparse.Namespace) -> int:
     try:
-        _load(args.config)
+        ops_commands.load(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -62,11 +45,11 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from flexprice_beam.ops import shutdown
-    from flexprice_beam.pipelines import runner
+    from flexprice_beam.core import shutdown
+    from flexprice_beam.launch import runner
 
     try:
-        cfg = _load(args.config)
+        cfg = ops_commands.load(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -90,7 +73,7 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     except ValueError:  # e.g. no Prism binary: runner.run reports it below
         local = False
     # Only the generator stops on request; Kafka input exits at once (its uncommitted
-    # offsets are read again), see ops/shutdown.py.
+    # offsets are read again), see core/shutdown.py.
     signals = shutdown.handle_signals(args.shutdown_grace, graceful=cfg.input.generate is not None) \
         if local else shutdown.nullcontext()
     try:
@@ -145,9 +128,9 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
 def _read_back(cfg: CollectorConfig, summary, wait: float) -> None:
     """``run --read-back``: look for a sample of the accepted events in Flexprice. Never an
     error: 202 means queued, so what is not readable yet is reported as queued."""
+    from flexprice_beam.core import live
     from flexprice_beam.io.client import FlexpriceClient
     from flexprice_beam.io.readback import read_back
-    from flexprice_beam.ops import live
 
     sample = live.LIVE.accepted_sample()
     if not sample:  # the sink ran in other processes (a portable runner): nothing to look up
@@ -162,9 +145,9 @@ def _read_back(cfg: CollectorConfig, summary, wait: float) -> None:
 
 
 def _run_flink(args: argparse.Namespace, cfg: CollectorConfig, beam_args: list[str]) -> int:
-    """A streaming job on a Flink cluster (pipelines/flink.py, docs/runners.md)."""
-    from flexprice_beam.config import parse_duration
-    from flexprice_beam.pipelines import flink
+    """A streaming job on a Flink cluster (launch/flink.py, docs/runners.md)."""
+    from flexprice_beam.core.config import parse_duration
+    from flexprice_beam.launch import flink
 
     if args.dry_run:
         print("--dry-run runs locally only; drop --runner flink", file=sys.stderr)
@@ -245,12 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STANDIN = "flexprice_mock"
+
+
+def cmd_mock_server(argv: list[str]) -> int:
+    """The stand-in is a separate package (never shipped to workers), found at run time."""
+    if importlib.util.find_spec(STANDIN) is None:
+        print(f"mock-server: the Flexprice stand-in ({STANDIN}) is not installed here. It lives "
+              "beside the product in this repository: pip install -e ./standin (run_local.sh "
+              "and requirements-dev.txt do this).", file=sys.stderr)
+        return 2
+    server = importlib.import_module(f"{STANDIN}.server")
+    return server.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["mock-server"]:
-        from flexprice_beam.mock.server import main as mock_main
-
-        return mock_main(argv[1:])
+        return cmd_mock_server(argv[1:])
     if argv[:1] == ["send-events"]:
         from flexprice_beam.io.send_events import main as send_main
 

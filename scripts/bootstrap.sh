@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 stamp=.venv/.flexprice-beam-installed
-want="$(cat requirements.txt requirements-dev.txt setup.py | sha256sum | cut -c1-16)"
+want="$(cat requirements.txt requirements-dev.txt setup.py standin/pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python dependencies (first run takes a minute or two)"
   log=.venv/bootstrap.log

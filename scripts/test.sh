@@ -11,6 +11,10 @@ cd "$root"
 mkdir -p .cache
 started=$(date +%s)
 ./scripts/bootstrap.sh
+# The package's layers (pyproject.toml, docs/architecture.md): imports only go down, no cycles.
+.venv/bin/lint-imports --no-cache > .cache/lint-imports.log 2>&1 ||
+  { cat .cache/lint-imports.log; echo "test.sh: lint-imports found a broken layer contract" >&2; exit 1; }
+echo "test.sh: layer contracts kept ($(grep -c KEPT .cache/lint-imports.log) of them)"
 
 stop_services() {
   [ -x scripts/minio.sh ] && scripts/minio.sh stop >/dev/null 2>&1 || true

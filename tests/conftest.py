@@ -7,7 +7,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from flexprice_beam.config import CollectorConfig
+from flexprice_beam.core.config import CollectorConfig
 
 API_KEY = "test-key"
 
@@ -22,7 +22,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 @pytest.fixture(scope="session")
 def _mock_server():
-    from flexprice_beam.mock.server import MockFlexprice
+    from flexprice_mock.server import MockFlexprice
 
     server = MockFlexprice(api_key=API_KEY).start()
     yield server

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from flexprice_beam.config import CollectorConfig
+from flexprice_beam.core.config import CollectorConfig
 from tests.conftest import API_KEY
 from tests.reliability_helpers import wait_until
 

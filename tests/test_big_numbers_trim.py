@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from flexprice_mock import MockFlexprice
 
-from flexprice_beam.config import PipelineConfig, load_config_text
-from flexprice_beam.events import Record
-from flexprice_beam.mock import MockFlexprice
+from flexprice_beam.core.config import PipelineConfig, load_config_text
+from flexprice_beam.core.events import Record
+from flexprice_beam.launch.runner import run
 from flexprice_beam.ops.check import run_check
-from flexprice_beam.pipelines.runner import run
 from flexprice_beam.transforms.mapping import Mapper
 from flexprice_beam.transforms.validate import InvalidEvent, prepare, prepare_with_model
 from tests.conftest import make_config, read_dead_letters

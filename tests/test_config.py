@@ -2,7 +2,7 @@
 
 import pytest
 
-from flexprice_beam.config import (
+from flexprice_beam.core.config import (
     ConfigError,
     load_config,
     load_config_text,
@@ -207,7 +207,7 @@ def test_a_yaml_error_does_not_show_the_secret():
 
 
 def test_default_retry_is_bounded_by_time_only():
-    from flexprice_beam.config import RetryConfig
+    from flexprice_beam.core.config import RetryConfig
     from flexprice_beam.io.retry import RetryPolicy
 
     cfg = RetryConfig()

@@ -16,9 +16,9 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from flexprice_beam.config import CollectorConfig
+from flexprice_beam.core.config import CollectorConfig
+from flexprice_beam.launch.runner import pipeline_options
 from flexprice_beam.pipelines import collector
-from flexprice_beam.pipelines.runner import pipeline_options
 
 IMAGE = "europe-docker.pkg.dev/demo-proj/flexprice/flexprice-beam:0.1.0"
 DATAFLOW_ARGS = [
@@ -79,6 +79,7 @@ def test_batch_job_translates_and_is_not_streaming():
 
 
 @pytest.mark.slow
+@pytest.mark.kafka  # the Java expansion service: scripts/kafka.sh installs it
 def test_streaming_kafka_job_translates_offline_with_the_java_read():
     """Kafka input expands through a local Java expansion service (the Beam IO expansion
     jar, as in the Flex Template launcher) into the Dataflow job, Java read included."""

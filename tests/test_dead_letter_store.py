@@ -14,9 +14,9 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from flexprice_beam.cli import main as cli_main
-from flexprice_beam.config import DeadLetterOutput
+from flexprice_beam.core.config import DeadLetterOutput
 from flexprice_beam.io.dead_letter import WriteDeadLetters
-from flexprice_beam.pipelines.runner import run
+from flexprice_beam.launch.runner import run
 from tests.conftest import make_config
 from tests.ops_helpers import config_file
 from tests.store_helpers import ensure_minio, letters_in, s3_args, s3_objects

@@ -1,5 +1,5 @@
 """The Dataflow Flex Template (docker/flex-template), checked offline against the pinned versions,
-and its entry point (flexprice_beam.pipelines.main) run as the launcher would run it."""
+and its entry point (flexprice_beam.launch.main) run as the launcher would run it."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import apache_beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from flexprice_beam.launch import main as entry
 from flexprice_beam.pipelines import collector as entry_collector
-from flexprice_beam.pipelines import main as entry
 from flexprice_beam.pipelines.collector import CollectorOptions
 from tests.test_dataflow_translation import DATAFLOW_ARGS, IMAGE, SECRET
 
@@ -155,7 +155,7 @@ def test_a_literal_key_is_refused_at_launch(tmp_path, monkeypatch, capsys):
 
 
 def test_inside_the_launcher_the_runner_is_dataflow_and_kafka_streams(monkeypatch):
-    from flexprice_beam.config import load_config_text
+    from flexprice_beam.core.config import load_config_text
 
     kafka = load_config_text("""
 input: {kafka: {addresses: ["b:9092"], topics: [t]}}

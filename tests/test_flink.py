@@ -190,7 +190,7 @@ def test_streaming_kafka_to_flexprice_on_flink_survives_taskmanager_loss(cluster
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    from flexprice_beam.pipelines.flink import FlinkRest
+    from flexprice_beam.launch.flink import FlinkRest
 
     bootstrap = cluster.get("KAFKA_BOOTSTRAP_PLAINTEXT", "127.0.0.1:19092")
     rest = FlinkRest(cluster.get("FLINK_REST", "127.0.0.1:8081"))

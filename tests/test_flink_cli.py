@@ -12,7 +12,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from flexprice_beam.cli import main as cli_main
-from flexprice_beam.pipelines import flink
+from flexprice_beam.launch import flink
 from tests.conftest import make_config
 
 
@@ -132,7 +132,7 @@ def test_max_in_flight_holds_per_process_across_sink_instances(mock_api, tmp_pat
 
 
 def _prepared(n):
-    from flexprice_beam.events import Record
+    from flexprice_beam.core.events import Record
     from flexprice_beam.transforms.validate import prepare
 
     return [prepare(Record(f"r{i}", "2026-01-01T00:00:00Z", None, {}),

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from flexprice_mock.server import MockFlexprice
 
-from flexprice_beam.mock.server import MockFlexprice
 from tests import secret_scan
 from tests.test_flink import FLINK_SH, ROOT, _delivered, _exports, _wait, cluster  # noqa: F401
 
@@ -129,7 +129,7 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
     from kafka import KafkaAdminClient, KafkaProducer
     from kafka.admin import NewTopic
 
-    from flexprice_beam.pipelines.flink import FlinkRest
+    from flexprice_beam.launch.flink import FlinkRest
 
     password = cluster["KAFKA_SASL_PASSWORD"]
     cache = _flink_cache(cluster)

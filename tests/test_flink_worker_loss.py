@@ -29,8 +29,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from flexprice_mock.faults import event_hash
 
-from flexprice_beam.mock.faults import event_hash
 from tests.store_helpers import ensure_minio, s3_args, s3_client
 from tests.test_flink import (  # noqa: F401 - cluster is a fixture
     FLINK_SH,
@@ -128,7 +128,7 @@ def test_losing_a_worker_loses_no_event_and_no_dead_letter(cluster, mock_api, tm
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    from flexprice_beam.pipelines.flink import FlinkRest
+    from flexprice_beam.launch.flink import FlinkRest
 
     s3env = ensure_minio()
     bootstrap = cluster.get("KAFKA_BOOTSTRAP_PLAINTEXT", "127.0.0.1:19092")

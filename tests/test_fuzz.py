@@ -25,17 +25,17 @@ from pathlib import Path
 import apache_beam as beam
 import orjson
 import pytest
+from flexprice_mock.validation import bind_event, missing_required
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from flexprice_beam.config import MAX_EVENT_BYTES, GenerateInput, PipelineConfig
-from flexprice_beam.events import FlexpriceEvent, Record
+from flexprice_beam.core.config import MAX_EVENT_BYTES, GenerateInput, PipelineConfig
+from flexprice_beam.core.events import FlexpriceEvent, Record
 from flexprice_beam.io.dead_letter import WriteDeadLetters, encode_dead_letter
 from flexprice_beam.io.generate import generate_batch
 from flexprice_beam.io.kafka import decode
-from flexprice_beam.mock.validation import bind_event, missing_required
-from flexprice_beam.pipelines.runner import LOCAL_ENGINE
+from flexprice_beam.launch.runner import LOCAL_ENGINE
 from flexprice_beam.transforms.mapping import DEAD_LETTER, FILTERED, Mapper, MappingError, MapRecords
 from flexprice_beam.transforms.validate import (
     InvalidEvent,
@@ -309,14 +309,14 @@ def test_generator_configs_either_refused_at_load_or_every_record_accounted(gen,
         event("config refused at load")
         return  # refused with a field path at load time (lint) — e.g. value_range with NaN
     event("config accepted: records generated")
-    from flexprice_beam.io.generate import _start
+    from flexprice_beam.io.generate import start_time
 
     if cfg.count:  # the indices a bounded run generates
         n = min(n, cfg.count)
         first = min(first, cfg.count - n)
     else:  # unbounded: the config check covers 10^9 events
         first = min(first, 10**9 - n)
-    start = _start(cfg) if cfg.start_time else dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    start = start_time(cfg) if cfg.start_time else dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     batch = generate_batch(cfg, start, first, first + n)
     again = generate_batch(cfg, start, first, first + n)
     assert [(r.record_id, r.read_time, r.value) for r in batch] == \

@@ -13,10 +13,10 @@ import datetime as dt
 
 import orjson
 
-from flexprice_beam.config import MAX_BODY_BYTES, MAX_EVENT_BYTES, KafkaInput, PipelineConfig
+from flexprice_beam.core.config import MAX_BODY_BYTES, MAX_EVENT_BYTES, KafkaInput, PipelineConfig
 from flexprice_beam.io.generate import generate_batch
 from flexprice_beam.io.kafka import decode
-from flexprice_beam.pipelines.runner import run
+from flexprice_beam.launch.runner import run
 from tests.conftest import make_config, read_dead_letters
 from tests.mapping_fns import INFLATE
 from tests.reliability_helpers import account, generator_ids, record

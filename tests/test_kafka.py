@@ -12,9 +12,9 @@ import sys
 import pytest
 import yaml
 
-from flexprice_beam.events import rfc3339_from_millis
+from flexprice_beam.core.events import rfc3339_from_millis
 from flexprice_beam.io.send_events import main as send_events
-from flexprice_beam.pipelines.runner import run
+from flexprice_beam.launch.runner import run
 from tests.conftest import API_KEY, make_config, read_dead_letters
 from tests.kafka_helpers import ROOT, committed, good, new_topic, produce
 from tests.reliability_helpers import wait_until

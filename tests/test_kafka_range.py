@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from flexprice_beam.config import ConfigError, load_config_text
-from flexprice_beam.events import rfc3339_from_millis
+from flexprice_beam.core.config import ConfigError, load_config_text
+from flexprice_beam.core.events import rfc3339_from_millis
 from flexprice_beam.io.kafka_range import share
 from flexprice_beam.io.send_events import main as send_events
-from flexprice_beam.pipelines.runner import run
+from flexprice_beam.launch.runner import run
 from tests.conftest import make_config
 from tests.kafka_helpers import committed, good, new_topic
 from tests.ops_helpers import config_file
@@ -107,7 +107,7 @@ def test_rfc3339_from_millis_keeps_the_datetime_strings():
     import datetime as dt
     import random
 
-    from flexprice_beam.events import rfc3339
+    from flexprice_beam.core.events import rfc3339
 
     rng = random.Random(3)
     for m in [0, 1, 999, 1_764_600_000_999, (1 << 32) * 1000 - 1, (1 << 32) * 1000,

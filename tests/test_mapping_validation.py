@@ -5,9 +5,9 @@ import orjson
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from flexprice_beam.config import PipelineConfig, load_config
-from flexprice_beam.events import Record
-from flexprice_beam.pipelines.runner import LOCAL_ENGINE
+from flexprice_beam.core.config import PipelineConfig, load_config
+from flexprice_beam.core.events import Record
+from flexprice_beam.launch.runner import LOCAL_ENGINE
 from flexprice_beam.transforms.mapping import (
     DEAD_LETTER,
     FILTERED,

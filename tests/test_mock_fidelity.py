@@ -13,8 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from flexprice_beam.mock import MockFlexprice
+from flexprice_mock import MockFlexprice
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "flexprice" / "responses.json")
                       .read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""Tests of the Flexprice stand-in (flexprice_beam.mock)."""
+"""Tests of the Flexprice stand-in (flexprice_mock)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import zlib
 
 import pytest
 import requests
-
-from flexprice_beam.mock import FaultConfig, MockFlexprice
+from flexprice_mock import FaultConfig, MockFlexprice
 
 KEY = "test-key"
 H = {"x-api-key": KEY}
@@ -602,7 +601,7 @@ def test_keep_alive_concurrency_and_no_nagle_stall(fp):
 
 def test_cli_runs_until_sigterm():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "flexprice_beam.mock", "--port", "0", "--api-key", "cli",
+    proc = subprocess.Popen([sys.executable, "-m", "flexprice_mock", "--port", "0", "--api-key", "cli",
                              "--seed-defaults"], stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline().strip()

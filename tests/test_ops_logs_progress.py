@@ -6,9 +6,9 @@ import io
 import json
 
 from flexprice_beam.cli import main as cli_main
-from flexprice_beam.logs import Sampler
-from flexprice_beam.ops.live import LiveRegistry
-from flexprice_beam.ops.progress import Progress, choose_mode, render_bar, render_line
+from flexprice_beam.core.live import LiveRegistry
+from flexprice_beam.core.logs import Sampler
+from flexprice_beam.launch.progress import Progress, choose_mode, render_bar, render_line
 from tests.conftest import make_config
 from tests.ops_helpers import config_file
 

@@ -9,9 +9,9 @@ import threading
 import pytest
 
 from flexprice_beam.cli import main as cli_main
-from flexprice_beam.ops.live import LIVE, LiveRegistry, stage_counts
-from flexprice_beam.ops.metrics_server import MetricsServer, parse_address
-from flexprice_beam.pipelines.runner import run
+from flexprice_beam.core.live import LIVE, LiveRegistry, stage_counts
+from flexprice_beam.launch.metrics_server import MetricsServer, parse_address
+from flexprice_beam.launch.runner import run
 from tests.conftest import API_KEY, make_config
 from tests.ops_helpers import config_file, free_port, get, stats, wait_for
 

@@ -6,7 +6,7 @@ import collections
 import time
 
 from flexprice_beam.cli import main as cli_main
-from flexprice_beam.pipelines.runner import run
+from flexprice_beam.launch.runner import run
 from tests.conftest import make_config, read_dead_letters
 
 

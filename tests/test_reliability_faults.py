@@ -16,9 +16,9 @@ import threading
 import time
 
 import pytest
+from flexprice_mock.server import MockFlexprice
 
-from flexprice_beam.mock.server import MockFlexprice
-from flexprice_beam.pipelines.runner import run
+from flexprice_beam.launch.runner import run
 from tests.conftest import API_KEY, make_config, read_dead_letters
 from tests.ops_helpers import free_port, get
 from tests.reliability_helpers import (

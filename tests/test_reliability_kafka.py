@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flexprice_beam.pipelines.runner import run
+from flexprice_beam.launch.runner import run
 from tests.conftest import make_config, read_dead_letters
 from tests.kafka_helpers import committed, good, new_topic, produce
 from tests.reliability_helpers import account, cli, finish, record, wait_until

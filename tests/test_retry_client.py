@@ -6,7 +6,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from flexprice_beam.config import FlexpriceOutput
+from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.io.client import Answer, FlexpriceClient, InsecureTransportError, Kind
 from flexprice_beam.io.retry import RetryPolicy, Throttle, parse_retry_after
 

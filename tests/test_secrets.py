@@ -21,11 +21,11 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from flexprice_beam.config import ConfigError, FlexpriceOutput, KafkaInput, load_config_text
+from flexprice_beam.core.config import ConfigError, FlexpriceOutput, KafkaInput, load_config_text
 from flexprice_beam.io.kafka import java_consumer_config, python_client_config
 from flexprice_beam.io.secrets import ENV_PROVIDER, SecretError, resolve_api_key
+from flexprice_beam.launch.runner import pipeline_options, run
 from flexprice_beam.pipelines import collector
-from flexprice_beam.pipelines.runner import pipeline_options, run
 from tests import secret_scan
 from tests.conftest import make_config
 from tests.test_dataflow_translation import DATAFLOW_ARGS, translate

@@ -21,14 +21,14 @@ from pathlib import Path
 import apache_beam as beam
 import pytest
 import yaml
+from flexprice_mock.server import MockFlexprice
 from pydantic import SecretStr
 
 from flexprice_beam.cli import main as cli_main
-from flexprice_beam.config import KafkaInput, load_config_text
+from flexprice_beam.core.config import KafkaInput, load_config_text
 from flexprice_beam.io.kafka import java_consumer_config, python_client_config
-from flexprice_beam.mock.server import MockFlexprice
+from flexprice_beam.launch.runner import pipeline_options, run
 from flexprice_beam.pipelines import collector
-from flexprice_beam.pipelines.runner import pipeline_options, run
 from tests.conftest import API_KEY, make_config, read_dead_letters
 from tests.ops_helpers import free_port, get
 from tests.reliability_helpers import cli, finish, record, write_config
@@ -175,7 +175,7 @@ def test_transport_errors_never_quote_the_key():
     """The HTTP stack quotes a header value it cannot send; such a key never reaches it (belt
     and braces: the config already refuses it). The client resolves the key through
     io/secrets.py, which strips it and refuses what a header cannot carry, unquoted."""
-    from flexprice_beam.config import FlexpriceOutput
+    from flexprice_beam.core.config import FlexpriceOutput
     from flexprice_beam.io.client import FlexpriceClient
     from flexprice_beam.io.secrets import SecretError
 
@@ -402,7 +402,7 @@ def test_kafka_tls_verifies_by_default_and_skip_warns(caplog):
 
 def test_ping_reports_stopped_after_a_certificate_failure(tls_mock, tmp_path):
     """A certificate failure stops the sink like a 401: /ping turns 503 with the reason."""
-    from flexprice_beam.ops.metrics_server import MetricsServer
+    from flexprice_beam.launch.metrics_server import MetricsServer
 
     with MetricsServer("127.0.0.1:0") as server:
         summary = run(_https(tls_mock, tmp_path), metrics=server)

@@ -11,18 +11,18 @@ import time
 import orjson
 import pytest
 import requests
+from flexprice_mock import MockFlexprice
 
 from flexprice_beam.cli import main as cli_main
-from flexprice_beam.config import ConfigError, FlexpriceOutput, load_config_text
-from flexprice_beam.events import Record
+from flexprice_beam.core.config import ConfigError, FlexpriceOutput, load_config_text
+from flexprice_beam.core.events import Record
 from flexprice_beam.io.client import FlexpriceClient, Kind, bulk_body
 from flexprice_beam.io.deliver import EventDeliverer
 from flexprice_beam.io.readback import read_back
 from flexprice_beam.io.retry import RetryPolicy, Throttle
-from flexprice_beam.mock import MockFlexprice
+from flexprice_beam.launch.runner import run
 from flexprice_beam.ops.check import run_check
 from flexprice_beam.ops.replay import replay
-from flexprice_beam.pipelines.runner import run
 from flexprice_beam.transforms.validate import Prepared
 from tests.conftest import make_config, read_dead_letters
 from tests.ops_helpers import config_file
@@ -286,12 +286,12 @@ def test_read_back_waits_a_bounded_time_and_counts_repeats_once(tmp_path):
 
 def _accepted(cfg, mock) -> list[dict]:
     """The events a generator config sends, without asking the stand-in (still queued)."""
-    from flexprice_beam.io.generate import _start, generate_batch
+    from flexprice_beam.io.generate import start_time, generate_batch
     from flexprice_beam.transforms.mapping import Mapper
 
     gen = cfg.input.generate
     mapper = Mapper(cfg.pipeline)
-    return [mapper(r) for r in generate_batch(gen, _start(gen), 0, gen.count)]
+    return [mapper(r) for r in generate_batch(gen, start_time(gen), 0, gen.count)]
 
 
 def test_check_and_replay_against_a_queued_server(tmp_path):
@@ -313,7 +313,7 @@ def test_config_key_can_be_given_to_the_cli_stand_in():
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "flexprice_beam.mock", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "flexprice_mock", "--port", "0",
                              "--config-key", CONFIG_KEY, "--environment-id", ENV, "--queued"],
                             stdout=subprocess.PIPE, text=True)
     try:

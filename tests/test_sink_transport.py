@@ -7,16 +7,16 @@ import base64
 import threading
 import time
 
+from flexprice_mock.server import MockFlexprice
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flexprice_beam.config import FlexpriceOutput
-from flexprice_beam.events import Record
+from flexprice_beam.core.config import FlexpriceOutput
+from flexprice_beam.core.events import Record
 from flexprice_beam.io.client import FlexpriceClient, Kind, _proxy_for
 from flexprice_beam.io.deliver import BatchOutcome
 from flexprice_beam.io.inline import InlineSender
 from flexprice_beam.io.sink import Delivered, _BatchBuffer
-from flexprice_beam.mock.server import MockFlexprice
 from flexprice_beam.transforms.validate import Prepared
 
 from .conftest import API_KEY

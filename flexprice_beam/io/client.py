@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from flexprice_beam.config import MAX_BODY_BYTES, FlexpriceOutput
+from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
 from flexprice_beam.io.retry import parse_retry_after
 from flexprice_beam.io.secrets import resolve_api_key
 

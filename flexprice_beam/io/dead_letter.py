@@ -22,10 +22,10 @@ from typing import Any
 import apache_beam as beam
 import orjson
 
-from flexprice_beam.config import DeadLetterOutput
+from flexprice_beam.core import live
+from flexprice_beam.core.config import DeadLetterOutput
+from flexprice_beam.core.offsets import TRACKER as OFFSETS
 from flexprice_beam.io.dead_letter_files import AtomicFile, join, new_name
-from flexprice_beam.io.offsets import TRACKER as OFFSETS
-from flexprice_beam.ops import live
 
 try:
     import fcntl

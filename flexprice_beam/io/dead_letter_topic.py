@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flexprice_beam.config import DeadLetterKafka
+from flexprice_beam.core.config import DeadLetterKafka
 from flexprice_beam.io.dead_letter_files import DeadLetterWriteError
 from flexprice_beam.io.kafka import python_client_config
 

@@ -18,6 +18,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from flexprice_beam.core.logs import Sampler, log_events
+from flexprice_beam.core.shutdown import STOP
 from flexprice_beam.io.client import (
     Answer,
     FlexpriceAuthError,
@@ -26,8 +28,6 @@ from flexprice_beam.io.client import (
     auth_advice,
 )
 from flexprice_beam.io.retry import RetryPolicy, Throttle
-from flexprice_beam.logs import Sampler, log_events
-from flexprice_beam.ops.shutdown import STOP
 from flexprice_beam.transforms.validate import Prepared
 
 log = logging.getLogger("flexprice_beam.sink")

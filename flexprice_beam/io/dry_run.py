@@ -7,7 +7,7 @@ import threading
 
 import apache_beam as beam
 
-from flexprice_beam.ops import live
+from flexprice_beam.core import live
 
 _stdout_lock = threading.Lock()
 

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from flexprice_beam.config import GenerateInput
-from flexprice_beam.events import Record, parse_timestamp, rfc3339
-from flexprice_beam.ops.shutdown import STOP
+from flexprice_beam.core.config import GenerateInput
+from flexprice_beam.core.events import Record, parse_timestamp, rfc3339
+from flexprice_beam.core.shutdown import STOP
 from flexprice_beam.transforms.batches import Batch
 
 
-def _start(cfg: GenerateInput) -> dt.datetime:
+def start_time(cfg: GenerateInput) -> dt.datetime:
     if cfg.start_time:
         return parse_timestamp(cfg.start_time)
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -73,7 +73,7 @@ class _GenerateRangeFn(beam.DoFn):
 
     def process(self, bounds: tuple[int, int]) -> Iterator[list[Record]]:
         first, last = bounds
-        if STOP.requested.is_set():  # SIGTERM/SIGINT: read no more (ops/shutdown.py)
+        if STOP.requested.is_set():  # SIGTERM/SIGINT: read no more (core/shutdown.py)
             STOP.cut_short = True
             return
         batch = generate_batch(self._cfg, self._start, first, last)
@@ -89,7 +89,7 @@ class _GenerateForeverFn(_GenerateRangeFn):
         i = 0
         began = time.monotonic()
         while cfg.count == 0 or i < cfg.count:
-            if STOP.requested.is_set():  # SIGTERM/SIGINT: read no more (ops/shutdown.py)
+            if STOP.requested.is_set():  # SIGTERM/SIGINT: read no more (core/shutdown.py)
                 STOP.cut_short = True
                 return
             if cfg.interval > 0:
@@ -114,7 +114,7 @@ class GenerateEvents(beam.PTransform):
     def __init__(self, cfg: GenerateInput):
         super().__init__()
         self._cfg = cfg
-        self._start = _start(cfg)  # fixed once, when the pipeline is built
+        self._start = start_time(cfg)  # fixed once, when the pipeline is built
         if not cfg.start_time:  # a re-run needs this value to send the same timestamps
             STOP.resume_hint = f"input.generate.start_time: {rfc3339(self._start)}"
 

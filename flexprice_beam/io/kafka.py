@@ -24,9 +24,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from flexprice_beam.config import KafkaInput
-from flexprice_beam.events import Record, rfc3339_from_millis
-from flexprice_beam.io.offsets import TRACKER, kafka_position
+from flexprice_beam.core.config import KafkaInput
+from flexprice_beam.core.events import Record, rfc3339_from_millis
+from flexprice_beam.core.offsets import TRACKER, kafka_position
 from flexprice_beam.io.secrets import jaas_password, sasl_password
 from flexprice_beam.transforms.batches import Batch
 

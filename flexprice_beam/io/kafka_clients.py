@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from flexprice_beam.config import KafkaInput
+from flexprice_beam.core.config import KafkaInput
 from flexprice_beam.io.kafka import python_client_config
 
 log = logging.getLogger("flexprice_beam.kafka")

@@ -31,8 +31,8 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 
-from flexprice_beam.config import KafkaInput, partition_key
-from flexprice_beam.events import Record, parse_timestamp
+from flexprice_beam.core.config import KafkaInput, partition_key
+from flexprice_beam.core.events import Record, parse_timestamp
 from flexprice_beam.io.kafka import decode
 from flexprice_beam.io.kafka_clients import (
     KafkaPythonReader,

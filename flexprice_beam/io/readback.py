@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from urllib.parse import urlencode
 
-from flexprice_beam.events import parse_timestamp, rfc3339
+from flexprice_beam.core.events import parse_timestamp, rfc3339
 from flexprice_beam.io.client import FlexpriceClient, Kind
 
 #: the most rows the server returns per page

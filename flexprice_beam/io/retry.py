@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from flexprice_beam.config import RetryConfig
+from flexprice_beam.core.config import RetryConfig
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flexprice_beam.config import SaslConfig, clean_api_key
+from flexprice_beam.core.config import SaslConfig, clean_api_key
 
 #: Kafka's own config provider for environment variables (kafka-clients >= 3.5, KIP-887).
 ENV_PROVIDER = "org.apache.kafka.common.config.provider.EnvVarConfigProvider"

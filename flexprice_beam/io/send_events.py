@@ -16,7 +16,7 @@ import time
 
 import orjson
 
-from flexprice_beam.config import KafkaInput
+from flexprice_beam.core.config import KafkaInput
 from flexprice_beam.io.kafka import python_client_config
 
 _BAD = [b"not json at all", b"\xff\xfe\x00 not utf-8", b"[1, 2, 3]", b'"a string"',

@@ -23,15 +23,15 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from flexprice_beam.config import MAX_BODY_BYTES, FlexpriceOutput
-from flexprice_beam.events import dead_letter
+from flexprice_beam.core import live
+from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
+from flexprice_beam.core.events import dead_letter
+from flexprice_beam.core.offsets import TRACKER as OFFSETS
+from flexprice_beam.core.offsets import Partition, kafka_position
 from flexprice_beam.io.client import Answer, FlexpriceAuthError, FlexpriceClient, Kind
 from flexprice_beam.io.deliver import BatchOutcome, Delivery, EventDeliverer
 from flexprice_beam.io.inline import InlineSender
-from flexprice_beam.io.offsets import TRACKER as OFFSETS
-from flexprice_beam.io.offsets import Partition, kafka_position
 from flexprice_beam.io.retry import RetryPolicy, Throttle
-from flexprice_beam.ops import live
 from flexprice_beam.transforms.mapping import DEAD_LETTER
 from flexprice_beam.transforms.validate import Prepared
 

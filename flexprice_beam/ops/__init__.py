@@ -1,1 +1,1 @@
-"""Operating the collector: live metrics, progress, preflight checks, dead-letter replay."""
+"""The operating commands: check, replay-dead-letters, backfill (launch runs the graph)."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from flexprice_beam.config import CollectorConfig, KafkaInput, partition_key
+from flexprice_beam.core.config import CollectorConfig, KafkaInput, partition_key
 from flexprice_beam.io.kafka_range import PartitionRange, parse_offsets, resolve
-from flexprice_beam.pipelines.runner import RunSummary
+from flexprice_beam.launch.runner import RunSummary
 
 log = logging.getLogger("flexprice_beam.backfill")
 
@@ -90,7 +90,7 @@ def backfill(cfg: CollectorConfig, *, start: str | None = None, stop: str | None
              commit: bool = False, beam_args: list[str] | None = None,
              progress: str = "off") -> BackfillReport:
     """Resolve the range, read it into Flexprice, and account for it."""
-    from flexprice_beam.pipelines import runner
+    from flexprice_beam.launch import runner
 
     if cfg.input.kafka is None:
         raise ValueError("backfill reads Kafka input: this config has input.generate")

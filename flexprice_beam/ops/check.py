@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from flexprice_beam.config import CollectorConfig, KafkaInput
-from flexprice_beam.events import Record
+from flexprice_beam.core.config import CollectorConfig, KafkaInput
+from flexprice_beam.core.events import Record
 from flexprice_beam.io.client import Answer, FlexpriceClient, Kind, auth_advice
 from flexprice_beam.io.secrets import SecretError
 from flexprice_beam.transforms.mapping import FILTERED, Mapper, MappingError
@@ -73,11 +73,11 @@ class SampleError(RuntimeError):
 
 def sample_records(cfg: CollectorConfig, n: int, timeout: float = 10.0) -> list[Record]:
     if cfg.input.generate is not None:
-        from flexprice_beam.io.generate import _start, generate_batch
+        from flexprice_beam.io.generate import generate_batch, start_time
 
         gen = cfg.input.generate
         last = min(n, gen.count) if gen.count else n
-        return generate_batch(gen, _start(gen), 0, last)
+        return generate_batch(gen, start_time(gen), 0, last)
     return sample_kafka(cfg.input.kafka, n, timeout)
 
 

@@ -7,14 +7,21 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from flexprice_beam.config import ConfigError
-from flexprice_beam.logs import setup_logging
+from flexprice_beam.core.config import CollectorConfig, ConfigError, load_config
+from flexprice_beam.core.logs import setup_logging
+from flexprice_beam.transforms.mapping import check_mapping
+
+
+def load(path: str) -> CollectorConfig:
+    """The config file, with its mapping compiled: a bad expression is a config error here,
+    not 10k dead letters later."""
+    cfg = load_config(path)
+    check_mapping(cfg.pipeline)
+    return cfg
 
 
 def _config(args: argparse.Namespace):
-    from flexprice_beam.cli import _load
-
-    cfg = _load(args.config)
+    cfg = load(args.config)
     setup_logging(args.log_level or cfg.logger.level, args.log_format or cfg.logger.format)
     return cfg
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import orjson
 
-from flexprice_beam.config import CollectorConfig
-from flexprice_beam.events import Record, dead_letter, parse_timestamp
+from flexprice_beam.core.config import CollectorConfig
+from flexprice_beam.core.events import Record, dead_letter, parse_timestamp
+from flexprice_beam.core.live import SAMPLE
 from flexprice_beam.io.client import FlexpriceAuthError, FlexpriceClient
 from flexprice_beam.io.dead_letter import encode_dead_letter, lock_file
 from flexprice_beam.io.dead_letter_files import is_local, letter_files, read_file, write_atomically
@@ -33,7 +34,6 @@ from flexprice_beam.io.deliver import EventDeliverer
 from flexprice_beam.io.readback import read_back
 from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.io.sink import _BatchBuffer, delivery_dead_letter
-from flexprice_beam.ops.live import SAMPLE
 from flexprice_beam.transforms.validate import InvalidEvent, Prepared, prepare
 
 log = logging.getLogger("flexprice_beam.replay")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from flexprice_beam.config import CollectorConfig, ConfigError
+from flexprice_beam.core.config import CollectorConfig, ConfigError
 from flexprice_beam.io.dead_letter import WriteDeadLetters
 from flexprice_beam.io.generate import GenerateEvents
 from flexprice_beam.io.sink import WriteToFlexprice
@@ -43,8 +43,8 @@ class CollectorOptions(PipelineOptions):
 
 #: Our local engine, by its full path: Beam 2.62 does not know the short name "FnApiRunner".
 LOCAL_ENGINE = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
-#: Prism for local streaming (pipelines/prism.py: takes the expansion service's AnyOf env).
-LOCAL_PRISM = "flexprice_beam.pipelines.prism.LocalPrismRunner"
+#: Prism for local streaming (launch/prism.py: takes the expansion service's AnyOf env).
+LOCAL_PRISM = "flexprice_beam.launch.prism.LocalPrismRunner"
 #: Runners that run the job in or beside this process: a literal secret never leaves it.
 LOCAL_RUNNERS = (LOCAL_ENGINE, "FnApiRunner", "DirectRunner", "direct", "SwitchingDirectRunner",
                  "BundleBasedDirectRunner", "TestDirectRunner", "PrismRunner", LOCAL_PRISM,
@@ -100,7 +100,7 @@ def read_records(cfg: CollectorConfig, streaming: bool, expansion_service: str |
     from flexprice_beam.io.kafka import ReadKafkaRecords  # Java expansion only when used
 
     # Streaming runners commit offsets when a checkpoint that covers delivery completes;
-    # Prism cannot (no stable input), so an in-process tracker commits there (io/offsets.py);
+    # Prism cannot (no stable input), so an in-process tracker commits there (core/offsets.py);
     # bounded runs commit once at the end (CommitDeliveredOffsets).
     return ReadKafkaRecords(cfg.input.kafka, commit_in_finalize=streaming and not prism,
                             expansion_service=expansion_service,

@@ -17,10 +17,10 @@ from typing import Any
 import apache_beam as beam
 import jmespath
 
-from flexprice_beam.config import PipelineConfig
-from flexprice_beam.events import Record, dead_letter, trim_names
-from flexprice_beam.io.offsets import TRACKER as OFFSETS
-from flexprice_beam.ops import live
+from flexprice_beam.core import live
+from flexprice_beam.core.config import ConfigError, PipelineConfig
+from flexprice_beam.core.events import Record, dead_letter, trim_names
+from flexprice_beam.core.offsets import TRACKER as OFFSETS
 
 DEAD_LETTER = "dead_letter"
 FILTERED = object()  # a mapping_fn returned None: the record is dropped on purpose and counted
@@ -163,3 +163,14 @@ class MapRecords(beam.DoFn):
             self._filtered.inc(filtered)
         if out:
             yield out
+
+
+def check_mapping(cfg: PipelineConfig) -> None:
+    """Compile the mapping now; a bad expression raises ``ConfigError`` naming its path."""
+    try:
+        Mapper(cfg)
+    except MappingError as exc:
+        field = exc.field or ""
+        path = field if field.startswith("pipeline.") else "pipeline.mapping" + (
+            f".{field}" if field else "")
+        raise ConfigError(f"invalid configuration:\n  {path}: {exc.reason}") from None

@@ -16,8 +16,9 @@ import apache_beam as beam
 import orjson
 from pydantic import ValidationError
 
-from flexprice_beam.config import MAX_BODY_BYTES, MAX_EVENT_BYTES
-from flexprice_beam.events import (
+from flexprice_beam.core import live
+from flexprice_beam.core.config import MAX_BODY_BYTES, MAX_EVENT_BYTES
+from flexprice_beam.core.events import (
     EXACT_LIMIT,
     GO_SPACE,
     TRIMMED,
@@ -26,7 +27,6 @@ from flexprice_beam.events import (
     dead_letter,
     parse_timestamp,
 )
-from flexprice_beam.ops import live
 from flexprice_beam.transforms.mapping import DEAD_LETTER
 
 # MAX_EVENT_BYTES (config): room for the ``{"events":[...]}`` envelope, so one event alone

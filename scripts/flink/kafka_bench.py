@@ -30,12 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from flexprice_mock.server import MockFlexprice  # noqa: E402
 from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from flexprice_beam.config import CollectorConfig  # noqa: E402
-from flexprice_beam.mock.server import MockFlexprice  # noqa: E402
-from flexprice_beam.pipelines import flink  # noqa: E402
+from flexprice_beam.core.config import CollectorConfig  # noqa: E402
+from flexprice_beam.launch import flink  # noqa: E402
 
 
 class Concurrency:

@@ -321,7 +321,7 @@ def run_unbounded(listener, args):
     options = PipelineOptions(
         [
             # Prism that accepts the expansion service's AnyOf environment (Beam 2.62)
-            "--runner=flexprice_beam.pipelines.prism.LocalPrismRunner",
+            "--runner=flexprice_beam.launch.prism.LocalPrismRunner",
             f"--prism_location={prism}",
             "--streaming",
         ]

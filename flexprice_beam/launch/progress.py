@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TextIO
 
-from flexprice_beam.ops.live import LIVE, LiveRegistry, stage_counts
+from flexprice_beam.core.live import LIVE, LiveRegistry, stage_counts
 
 log = logging.getLogger("flexprice_beam.progress")
 

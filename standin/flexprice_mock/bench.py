@@ -1,4 +1,4 @@
-"""Throughput of the Flexprice stand-in: ``python -m flexprice_beam.mock.bench``.
+"""Throughput of the Flexprice stand-in: ``python -m flexprice_mock.bench``.
 
 Starts the stand-in in its own process (so clients do not share its GIL) and drives it from
 client processes over keep-alive ``http.client`` connections: single-event POSTs and bulk POSTs
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", default="1,8", help="comma-separated client counts")
     ap.add_argument("--fast", action="store_true")
     args = ap.parse_args(argv)
-    cmd = [sys.executable, "-m", "flexprice_beam.mock", "--port", "0"] + (["--fast"] if args.fast else [])
+    cmd = [sys.executable, "-m", "flexprice_mock", "--port", "0"] + (["--fast"] if args.fast else [])
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline().strip() if server.stdout else ""

@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from flexprice_beam.ops.live import LIVE, LiveRegistry, dead_letters_by_stage, stage_counts
+from flexprice_beam.core.live import LIVE, LiveRegistry, dead_letters_by_stage, stage_counts
 
 log = logging.getLogger("flexprice_beam.metrics")
 

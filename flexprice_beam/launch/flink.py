@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from flexprice_beam.config import CollectorConfig
+from flexprice_beam.core.config import CollectorConfig
 from flexprice_beam.pipelines import collector
 
 log = logging.getLogger("flexprice_beam.flink")

@@ -1,4 +1,4 @@
-"""Entry point for launchers: ``python -m flexprice_beam.pipelines.main --config CFG [Beam options]``.
+"""Entry point for launchers: ``python -m flexprice_beam.launch.main --config CFG [Beam options]``.
 
 The Dataflow Flex Template (docker/flex-template) runs this file; it works anywhere else too.
 
@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from flexprice_beam.config import (
+from flexprice_beam.core.config import (
     API_KEY_SOURCES,
     CollectorConfig,
     ConfigError,
@@ -38,7 +38,7 @@ LAUNCHER_ENV = "FLEX_TEMPLATE_PYTHON_PY_FILE"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flexprice_beam.pipelines.main",
+    p = argparse.ArgumentParser(prog="python -m flexprice_beam.launch.main",
                                 description="Build and run the flexprice-beam collector.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="collector YAML: a local path or gs://… (any Beam filesystem)")
@@ -107,7 +107,7 @@ def remote_options(cfg: CollectorConfig, beam_args: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flexprice_beam.logs import setup_logging
+    from flexprice_beam.core.logs import setup_logging
 
     args, beam_args = build_parser().parse_known_args(argv)
     try:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(cfg.logger.level, cfg.logger.format)
-    from flexprice_beam.pipelines import runner
+    from flexprice_beam.launch import runner
 
     options = remote_options(cfg, beam_args)
     if options is None:
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from flexprice_beam.pipelines import collector
 
-    expansion = runner._kafka_expansion(cfg, options)  # Kafka: a local Java expansion service
+    expansion = runner.kafka_expansion(cfg, options)  # Kafka: a local Java expansion service
     try:
         p = beam.Pipeline(options=options)
         collector.build(p, cfg)

@@ -24,13 +24,13 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from flexprice_beam.config import CollectorConfig
+from flexprice_beam.core import live, shutdown
+from flexprice_beam.core.config import CollectorConfig
 from flexprice_beam.io.client import FlexpriceAuthError
 from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService
 from flexprice_beam.io.secrets import SecretError, resolve_api_key
-from flexprice_beam.ops import live, shutdown
-from flexprice_beam.ops.metrics_server import MetricsServer
-from flexprice_beam.ops.progress import Progress
+from flexprice_beam.launch.metrics_server import MetricsServer
+from flexprice_beam.launch.progress import Progress
 from flexprice_beam.pipelines import collector
 
 log = logging.getLogger("flexprice_beam.run")
@@ -210,13 +210,13 @@ def is_prism(options: PipelineOptions) -> bool:
 
 
 def _local_prism(options: PipelineOptions):
-    """Start Prism ourselves (pipelines/prism.py) unless a ``--job_endpoint`` was given."""
+    """Start Prism ourselves (launch/prism.py) unless a ``--job_endpoint`` was given."""
     if not is_prism(options):
         return None
     portable = options.view_as(PortableOptions)
     if portable.job_endpoint:
         return None
-    from flexprice_beam.pipelines.prism import LocalPrism
+    from flexprice_beam.launch.prism import LocalPrism
 
     binary = options.view_as(PrismRunnerOptions).prism_location or find_prism()
     prism = LocalPrism(binary).start(timeout=60)
@@ -294,7 +294,7 @@ def run(cfg: CollectorConfig, beam_args: list[str] | None = None,
         except SecretError as exc:
             log.error("Pipeline not started: %s", exc)
             return RunSummary(state="FAILED", error=str(exc))
-    expansion = _kafka_expansion(cfg, options)
+    expansion = kafka_expansion(cfg, options)
     try:
         prism = _local_prism(options)
     except Exception:
@@ -352,7 +352,7 @@ def _stop_services(prism, expansion) -> None:
         expansion.stop()
 
 
-def _kafka_expansion(cfg: CollectorConfig, options: PipelineOptions):
+def kafka_expansion(cfg: CollectorConfig, options: PipelineOptions):
     """Point Kafka input at an expansion service; start a local one when none is given."""
     if cfg.input.kafka is None:
         return None

@@ -116,7 +116,7 @@ class GenerateInput(_Model):
     @classmethod
     def _rfc3339_start(cls, v: str | None) -> str | None:
         if v is not None:
-            from flexprice_beam.events import parse_timestamp
+            from flexprice_beam.core.events import parse_timestamp
 
             parse_timestamp(v)
         return v
@@ -127,7 +127,7 @@ class GenerateInput(_Model):
         # (an unbounded run is checked for 10^9 events).
         import datetime as dt
 
-        from flexprice_beam.events import parse_timestamp
+        from flexprice_beam.core.events import parse_timestamp
 
         start = (parse_timestamp(self.start_time) if self.start_time
                  else dt.datetime.now(dt.timezone.utc))
@@ -265,7 +265,7 @@ class KafkaInput(_Model):
         for key in ("start_time", "stop_time"):
             value = getattr(self, key)
             if value is not None:
-                from flexprice_beam.events import parse_timestamp
+                from flexprice_beam.core.events import parse_timestamp
 
                 try:
                     times[key] = parse_timestamp(value)

@@ -1,7 +1,0 @@
-"""``python -m flexprice_beam.mock``: run the Flexprice stand-in until SIGINT/SIGTERM."""
-
-import sys
-
-from .server import main
-
-sys.exit(main())
