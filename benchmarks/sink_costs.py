@@ -5,12 +5,12 @@
 Variants (each in a fresh process, the stand-in in its own, medians of the repeats):
 
 * ``no-op sink``: the P1 denominator (``benchmarks.workers.CountingSink``).
-* ``instant answers, inline``: the real sink, but ``FlexpriceClient.send``/``receive`` answer
-  202 at once without a network (the inline path's bookkeeping only).
-* ``instant answers, thread pool``: the same with every batch handed to the sink's thread
-  pool (the design before io/inline.py): what the GIL hand-offs cost.
-* ``stand-in, thread pool``: real HTTP, first attempts from pool threads (the old design).
-* ``stand-in, inline``: the product as shipped.
+* ``instant answers``: the real sink and engine on a transport that answers 202 at once
+  without a network (``InstantTransport``: the engine's own bookkeeping only).
+* ``stand-in``: the product as shipped, real HTTP to the stand-in.
+
+(The thread-pool variants measured before issue 16 are gone with the thread pool: every
+request now goes through the one non-blocking executor, io/flexprice/executor.py.)
 
 Reported: events/s, process CPU per event, the bundle (main) thread's CPU per event, the
 stand-in's CPU per event. Prints a Markdown table (pasted into docs/benchmarks.md).
@@ -34,11 +34,37 @@ if str(ROOT) not in sys.path:
 
 VARIANTS = {
     "no-op sink": "noop",
-    "instant answers, inline": "instant-inline",
-    "instant answers, thread pool": "instant-pool",
-    "stand-in, thread pool (design before io/inline.py)": "http-pool",
-    "stand-in, inline (as shipped)": "http-inline",
+    "instant answers": "instant",
+    "stand-in (as shipped)": "http",
 }
+
+
+class InstantTransport:
+    """A transport that answers 202 at once, without a network (see io/flexprice/transport)."""
+
+    def __init__(self, cfg):
+        from flexprice_beam.io.flexprice.policy import Answer
+
+        self.base_url, self.environment_id = cfg.base_url, None
+        self._ok = Answer(202, '{"message":"Events accepted for processing"}')
+        self._ready: list = []
+
+    def send(self, path, body, tag=None):
+        from flexprice_beam.io.flexprice.transport import Exchange
+
+        ex = Exchange(None, time.monotonic(), tag, self._ok)
+        self._ready.append(ex)
+        return ex
+
+    def ready(self, timeout):
+        done, self._ready = self._ready, []
+        return done
+
+    def read(self, ex):
+        return ex.answer
+
+    def close(self):
+        pass
 
 
 def _thread_cpu(tid: int) -> float:
@@ -53,41 +79,9 @@ def child(variant: str, events: int, host_port: str) -> dict:
 
     from benchmarks.workers import CountingSink
     from flexprice_beam.core.config import CollectorConfig
-    from flexprice_beam.io import client as client_mod
-    from flexprice_beam.io import sink as sink_mod
+    from flexprice_beam.io.flexprice.sink import WriteToFlexprice
     from flexprice_beam.launch.runner import run
 
-    if variant.startswith("instant"):
-        ok = client_mod.Answer(202, '{"message":"Events accepted for processing"}')
-        client_mod.FlexpriceClient.send = lambda self, conn, method, path, body, started: None
-        client_mod.FlexpriceClient.receive = lambda self, conn, started: (ok, True)
-        client_mod.FlexpriceClient.request = lambda self, method, path, body=None: ok
-
-        class _Conn:  # what InlineSender registers with its selector: always readable
-            def __init__(self):
-                self._r, self._w = os.pipe()
-                os.write(self._w, b"x")
-                self.sock = self
-
-            def fileno(self):
-                return self._r
-
-            def close(self):
-                pass
-
-        client_mod.FlexpriceClient.new_connection = lambda self: _Conn()
-        sink_mod.dropped = lambda conn: False
-        import flexprice_beam.io.inline as inline_mod
-
-        inline_mod.dropped = lambda conn: False
-    if variant.endswith("pool"):
-        setup = sink_mod._FlexpriceSinkFn.setup
-
-        def setup_pool(self):
-            setup(self)
-            self._inline = None  # every batch through the thread pool, as before
-
-        sink_mod._FlexpriceSinkFn.setup = setup_pool
     cfg = CollectorConfig.model_validate({
         "input": {"generate": {"count": events, "seed": 1, "start_time": "2026-01-01T00:00:00Z"}},
         "output": {"flexprice": {"api_host": host_port, "api_key": "bench-key", "scheme": "http"},
@@ -95,7 +89,9 @@ def child(variant: str, events: int, host_port: str) -> dict:
         "logger": {"level": "WARNING"}})
     main = os.getpid()
     r0, m0, t0 = resource.getrusage(resource.RUSAGE_SELF), _thread_cpu(main), time.perf_counter()
-    summary = run(cfg, [], sink=CountingSink() if variant == "noop" else None)
+    sink = CountingSink() if variant == "noop" else WriteToFlexprice(
+        cfg.output.flexprice, transport=InstantTransport) if variant == "instant" else None
+    summary = run(cfg, [], sink=sink)
     wall = time.perf_counter() - t0
     r1, m1 = resource.getrusage(resource.RUSAGE_SELF), _thread_cpu(main)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)

@@ -42,7 +42,10 @@ class CountingSink(beam.PTransform):
     """The no-op sink: a PTransform that only counts."""
 
     def expand(self, pcoll):
-        return pcoll | "Count" >> beam.ParDo(_CountFn())
+        from flexprice_beam.io.flexprice.sink import WriteResult
+
+        pcoll | "Count" >> beam.ParDo(_CountFn())
+        return WriteResult()
 
 
 # ------------------------------------------------------------------------ the measurements

@@ -129,14 +129,14 @@ def _read_back(cfg: CollectorConfig, summary, wait: float) -> None:
     """``run --read-back``: look for a sample of the accepted events in Flexprice. Never an
     error: 202 means queued, so what is not readable yet is reported as queued."""
     from flexprice_beam.core import live
-    from flexprice_beam.io.client import FlexpriceClient
+    from flexprice_beam.io.flexprice.transport import HttpTransport
     from flexprice_beam.io.readback import read_back
 
     sample = live.LIVE.accepted_sample()
     if not sample:  # the sink ran in other processes (a portable runner): nothing to look up
         summary.held_text = "no sample of the accepted events in this process to read back"
         return
-    client = FlexpriceClient(cfg.output.flexprice)
+    client = HttpTransport(cfg.output.flexprice)
     try:
         held = read_back(client, sample, wait)
     finally:

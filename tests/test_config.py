@@ -208,7 +208,7 @@ def test_a_yaml_error_does_not_show_the_secret():
 
 def test_default_retry_is_bounded_by_time_only():
     from flexprice_beam.core.config import RetryConfig
-    from flexprice_beam.io.retry import RetryPolicy
+    from flexprice_beam.io.flexprice.policy import RetryPolicy
 
     cfg = RetryConfig()
     assert cfg.max_attempts is None and cfg.max_elapsed == 600.0

@@ -88,7 +88,7 @@ def test_bad_checkpointing_interval_is_exit_2(mock_api, tmp_path):
 @pytest.mark.slow
 def test_max_in_flight_holds_per_process_across_sink_instances(mock_api, tmp_path):
     """Two sink DoFn instances in one process (two Flink subtasks) share max_in_flight."""
-    from flexprice_beam.io.sink import _FlexpriceSinkFn
+    from flexprice_beam.io.flexprice.sink import _FlexpriceSinkFn
 
     mock_api.set_faults(latency_ms=150)
     cfg = make_config(mock_api, tmp_path, flexprice={"max_in_flight": 2,

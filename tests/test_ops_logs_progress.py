@@ -42,9 +42,9 @@ def test_debug_json_logs_every_event_like_the_seed(mock_api, tmp_path, capsys):
 
 def test_info_samples_event_lines_and_failures_carry_status(mock_api, tmp_path, capsys,
                                                            monkeypatch):
-    from flexprice_beam.io import deliver
+    from flexprice_beam.io.flexprice import executor
 
-    monkeypatch.setattr(deliver, "_SENDING", Sampler(first=5, every=1000))  # a fresh count
+    monkeypatch.setattr(executor, "_SENDING", Sampler(first=5, every=1000))  # a fresh count
     mock_api.set_faults({"reject_every_nth": 40})
     cfg = make_config(mock_api, tmp_path, count=400)
     path = config_file(cfg, tmp_path / "run.yaml")

@@ -1,14 +1,15 @@
 """The error table's pieces: answer classification, Retry-After, backoff, throttle."""
 
 import random
+import threading
 import time
 
 import pytest
 from pydantic import ValidationError
 
 from flexprice_beam.core.config import FlexpriceOutput
-from flexprice_beam.io.client import Answer, FlexpriceClient, InsecureTransportError, Kind
-from flexprice_beam.io.retry import RetryPolicy, Throttle, parse_retry_after
+from flexprice_beam.io.flexprice.policy import Answer, Kind, RetryPolicy, Throttle, parse_retry_after
+from flexprice_beam.io.flexprice.transport import HttpTransport, InsecureTransportError
 
 
 @pytest.mark.parametrize("status,kind", [
@@ -51,8 +52,9 @@ def test_throttle_defers_everyone_and_stops():
     began = time.monotonic()
     assert t.wait()
     assert time.monotonic() - began >= 0.19
-    t.stopped.set()
-    assert not t.wait(5)
+    stop = threading.Event()  # the executor's stop flag (an auth failure)
+    stop.set()
+    assert not t.wait(5, stop)
 
 
 def _out(**kw):
@@ -60,13 +62,13 @@ def _out(**kw):
 
 
 def test_plain_http_only_to_loopback_unless_allowed():
-    assert FlexpriceClient(_out(api_host="127.0.0.1:8080", scheme="http")).base_url.startswith("http://")
+    assert HttpTransport(_out(api_host="127.0.0.1:8080", scheme="http")).base_url.startswith("http://")
     with pytest.raises(ValidationError, match="(?s)scheme.*plain http to api.example.com"):
         _out(scheme="http")  # refused when the config loads (docs/reliability.md)
     unchecked = FlexpriceOutput.model_construct(**{**_out().__dict__, "scheme": "http"})
     with pytest.raises(InsecureTransportError, match="refusing plain http"):
-        FlexpriceClient(unchecked)  # and again by the client, whatever built the config
-    FlexpriceClient(_out(scheme="http", allow_insecure=True))
+        HttpTransport(unchecked)  # and again by the client, whatever built the config
+    HttpTransport(_out(scheme="http", allow_insecure=True))
 
 
 def test_base_url_forms():
@@ -75,6 +77,6 @@ def test_base_url_forms():
 
 
 def test_connection_refused_is_retryable():
-    client = FlexpriceClient(_out(api_host="127.0.0.1:9", scheme="http", timeout="1s"))
+    client = HttpTransport(_out(api_host="127.0.0.1:9", scheme="http", timeout="1s"))
     answer = client.post_bulk([b'{"a":1}'])
     assert answer.status is None and answer.kind is Kind.RETRY and "Connection" in answer.error

@@ -176,16 +176,16 @@ def test_transport_errors_never_quote_the_key():
     and braces: the config already refuses it). The client resolves the key through
     io/secrets.py, which strips it and refuses what a header cannot carry, unquoted."""
     from flexprice_beam.core.config import FlexpriceOutput
-    from flexprice_beam.io.client import FlexpriceClient
+    from flexprice_beam.io.flexprice.transport import HttpTransport
     from flexprice_beam.io.secrets import SecretError
 
     good = FlexpriceOutput(api_host="127.0.0.1:9", api_key="k", scheme="http", timeout="1s")
     padded = FlexpriceOutput.model_construct(**{**good.__dict__, "api_key": SecretStr(" fp_ok\n")})
-    answer = FlexpriceClient(padded).post_bulk([b"{}"])
+    answer = HttpTransport(padded).post_bulk([b"{}"])
     assert answer.status is None and "refused" in answer.error and "fp_ok" not in answer.error
     bad = FlexpriceOutput.model_construct(**{**good.__dict__, "api_key": SecretStr("fp\x01bad")})
     with pytest.raises(SecretError, match="control or non-ASCII") as err:
-        FlexpriceClient(bad)
+        HttpTransport(bad)
     assert "fp\x01bad" not in str(err.value) and "bad" not in str(err.value)
 
 

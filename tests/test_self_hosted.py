@@ -16,10 +16,10 @@ from flexprice_mock import MockFlexprice
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.core.config import ConfigError, FlexpriceOutput, load_config_text
 from flexprice_beam.core.events import Record
-from flexprice_beam.io.client import FlexpriceClient, Kind, bulk_body
-from flexprice_beam.io.deliver import EventDeliverer
+from flexprice_beam.io.flexprice.executor import Executor, deliver
+from flexprice_beam.io.flexprice.policy import FixedLimit, Kind, RetryPolicy, Throttle
+from flexprice_beam.io.flexprice.transport import HttpTransport, bulk_body
 from flexprice_beam.io.readback import read_back
-from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.launch.runner import run
 from flexprice_beam.ops.check import run_check
 from flexprice_beam.ops.replay import replay
@@ -139,12 +139,12 @@ def test_bisection_isolates_bad_events_from_the_real_bodies(mock_api):
     no_customer = _item(5, external_customer_id=None).body  # {"ExternalCustomerID": "Key: …"}
     items[5] = Prepared(items[5].record, items[5].event, no_customer)
     items[20] = Prepared(items[20].record, items[20].event, b"null")  # no details at all
-    client = FlexpriceClient(FlexpriceOutput(api_host=mock_api.host_port, api_key="test-key",
+    client = HttpTransport(FlexpriceOutput(api_host=mock_api.host_port, api_key="test-key",
                                              scheme="http"))
-    deliverer = EventDeliverer(client, RetryPolicy(initial_backoff=0.01), Throttle())
+    engine = Executor(client, RetryPolicy(initial_backoff=0.01), FixedLimit(4), Throttle())
     mock_api.keep_bodies = True
     try:
-        outcome = deliverer.deliver(items)
+        (outcome,) = deliver(engine, [items])
     finally:
         mock_api.keep_bodies = False
     # on the wire: every request (first try or a half after a 400) is the envelope around a
@@ -174,7 +174,7 @@ def test_bisection_isolates_bad_events_from_the_real_bodies(mock_api):
 ])
 def test_an_oversize_body_is_the_400_it_is_not_a_network_error(linger, faults, read):
     with MockFlexprice(api_key="k", oversize_linger_s=linger, faults=faults) as m:
-        client = FlexpriceClient(FlexpriceOutput(api_host=m.host_port, api_key="k",
+        client = HttpTransport(FlexpriceOutput(api_host=m.host_port, api_key="k",
                                                  scheme="http", timeout="20s"))
         body = b'{"event_name":"a","external_customer_id":"c","event_id":"e","properties":' \
                b'{"blob":"' + b"x" * (40 << 20) + b'"}}'
@@ -192,7 +192,7 @@ def test_an_oversize_body_is_the_400_it_is_not_a_network_error(linger, faults, r
 
 def test_a_broken_pipe_on_a_small_body_stays_retryable(mock_api):
     mock_api.set_faults(schedule=["reset"])
-    client = FlexpriceClient(FlexpriceOutput(api_host=mock_api.host_port, api_key="test-key",
+    client = HttpTransport(FlexpriceOutput(api_host=mock_api.host_port, api_key="test-key",
                                              scheme="http"))
     answer = client.post_bulk([b'{"event_name":"a","external_customer_id":"c","event_id":"e"}'])
     assert answer.status is None and answer.kind is Kind.RETRY
@@ -258,7 +258,7 @@ def test_run_summary_read_back_says_queued_not_missing(tmp_path, capsys):
         assert held["queued"] >= 1  # 400 events at 10/s: the later batches are still queued
         assert "still queued" in line and "missing" not in line and "lost" not in line
         m.drain_queue()
-        client = FlexpriceClient(cfg.output.flexprice)
+        client = HttpTransport(cfg.output.flexprice)
         keys = [(e["event_id"], e["timestamp"]) for e in m.events()[:10]]
         later = read_back(client, keys, wait=2)
         assert later.readable == 10 and later.queued == 0
@@ -269,7 +269,7 @@ def test_read_back_waits_a_bounded_time_and_counts_repeats_once(tmp_path):
     with MockFlexprice(api_key="test-key", queued=True, queue_delay_s=30) as m:
         cfg = make_config(m, tmp_path, count=100)
         assert run(cfg).ok
-        client = FlexpriceClient(cfg.output.flexprice)
+        client = HttpTransport(cfg.output.flexprice)
         keys = [(e["event_id"], e["timestamp"]) for e in _accepted(cfg, m)[:5]]
         began = time.monotonic()
         held = read_back(client, keys, wait=1.0, poll=0.2)
@@ -286,7 +286,7 @@ def test_read_back_waits_a_bounded_time_and_counts_repeats_once(tmp_path):
 
 def _accepted(cfg, mock) -> list[dict]:
     """The events a generator config sends, without asking the stand-in (still queued)."""
-    from flexprice_beam.io.generate import start_time, generate_batch
+    from flexprice_beam.io.generate import generate_batch, start_time
     from flexprice_beam.transforms.mapping import Mapper
 
     gen = cfg.input.generate

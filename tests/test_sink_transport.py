@@ -1,10 +1,9 @@
-"""The sink's transport pieces: batch cutting, the http.client transport and the inline
-first attempts, against the Flexprice stand-in."""
+"""The sink's transport pieces: batch cutting, the http.client transport and the
+non-blocking executor's first attempts, against the Flexprice stand-in."""
 
 from __future__ import annotations
 
 import base64
-import threading
 import time
 
 from flexprice_mock.server import MockFlexprice
@@ -13,10 +12,13 @@ from hypothesis import strategies as st
 
 from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.events import Record
-from flexprice_beam.io.client import FlexpriceClient, Kind, _proxy_for
-from flexprice_beam.io.deliver import BatchOutcome
-from flexprice_beam.io.inline import InlineSender
-from flexprice_beam.io.sink import Delivered, _BatchBuffer
+from flexprice_beam.io.flexprice.executor import Executor
+from flexprice_beam.io.flexprice.executor import Outcome as BatchOutcome
+from flexprice_beam.io.flexprice.policy import FixedLimit, Kind, RetryPolicy, Throttle
+from flexprice_beam.io.flexprice.sink import BatchBuffer as _BatchBuffer
+from flexprice_beam.io.flexprice.sink import Delivered
+from flexprice_beam.io.flexprice.transport import BULK_PATH, HttpTransport, bulk_body
+from flexprice_beam.io.flexprice.transport import proxy_for as _proxy_for
 from flexprice_beam.transforms.validate import Prepared
 
 from .conftest import API_KEY
@@ -32,16 +34,28 @@ def _batch(first: int, n: int) -> list[Prepared]:
     return [_item(i) for i in range(first, first + n)]
 
 
-def _client(mock, **kw) -> FlexpriceClient:
+def _client(mock, **kw) -> HttpTransport:
     cfg = {"api_host": mock.host_port, "api_key": API_KEY, "scheme": "http", "timeout": "2s", **kw}
-    return FlexpriceClient(FlexpriceOutput.model_validate(cfg))
+    return HttpTransport(FlexpriceOutput.model_validate(cfg))
 
 
-def _poll_all(sender: InlineSender, n: int, limit: float = 10.0) -> list:
+def _poll_all(sender: Executor, n: int, limit: float = 10.0) -> list:
+    """(batch, answer) of the first ``n`` finished batches (one request each here)."""
     got, deadline = [], time.monotonic() + limit
     while len(got) < n and time.monotonic() < deadline:
         got += sender.poll(0.05)
-    return got
+    return [(o.accepted[0] if o.accepted else [d.item for d in o.failed], o) for o in got]
+
+
+def _sender(client: HttpTransport, limit: FixedLimit, **retry) -> Executor:
+    return Executor(client, RetryPolicy(**retry), limit, Throttle())
+
+
+def _try_send(sender: Executor, batch: list[Prepared]) -> bool:
+    """Submit ``batch`` and start it: True if it went out, False if it waits for a permit."""
+    sender.submit(batch)
+    sender.poll(0.0)
+    return sender.waiting == 0
 
 
 # -- batch cutting ---------------------------------------------------------------------------
@@ -105,40 +119,47 @@ def test_client_reuses_one_connection_and_replaces_one_the_server_closed():
         assert m2.stats()["events_stored"] == 1
 
 
-# -- inline first attempts ----------------------------------------------------------------
+# -- first attempts from the executor ---------------------------------------------------------
 
 def test_inline_sender_replaces_an_idle_connection_the_server_closed(monkeypatch):
     """Only a connection idle for RECHECK_IDLE is checked (the check gives the GIL away)."""
-    from flexprice_beam.io import inline
+    from flexprice_beam.io.flexprice import transport as inline
 
     with MockFlexprice(api_key=API_KEY) as m:
-        sender = InlineSender(_client(m), threading.BoundedSemaphore(2), timeout=5)
-        assert sender.try_send(_batch(0, 5)) is True
-        assert [a.status for _, a in _poll_all(sender, 1)] == [202]
+        client = _client(m)
+        ex = client.send(BULK_PATH, bulk_body([i.body for i in _batch(0, 5)]))
+        assert [client.read(x).status for x in _ready_all(client, 1)] == [202] and ex.answer is None
         port = m.port
     with MockFlexprice(api_key=API_KEY, port=port) as m2:
         monkeypatch.setattr(inline, "RECHECK_IDLE", 0.0)  # as if idle for longer
-        assert sender.try_send(_batch(5, 5)) is True
-        assert [a.status for _, a in _poll_all(sender, 1)] == [202]
+        client.send(BULK_PATH, bulk_body([i.body for i in _batch(5, 5)]))
+        assert [client.read(x).status for x in _ready_all(client, 1)] == [202]
         assert m2.stats()["events_stored"] == 5 and m2.stats()["connections_opened"] == 1
-        sender.close()
+        client.close()
+
+
+def _ready_all(client: HttpTransport, n: int, limit: float = 10.0) -> list:
+    got, deadline = [], time.monotonic() + limit
+    while len(got) < n and time.monotonic() < deadline:
+        got += client.ready(0.05)
+    return got
 
 
 def test_inline_sender_keeps_to_its_permits_and_reads_answers_as_they_come(mock_api):
-    permits = threading.BoundedSemaphore(2)
-    sender = InlineSender(_client(mock_api), permits, timeout=5)
+    mock_api.set_faults(latency_ms=300)  # no answer comes back while the three are sent
+    permits = FixedLimit(2)
+    sender = _sender(_client(mock_api), permits)
     try:
-        assert sender.try_send(_batch(0, 10)) is True
-        assert sender.try_send(_batch(10, 10)) is True
-        assert sender.try_send(_batch(20, 10)) is False  # both permits held: caller queues
+        assert _try_send(sender, _batch(0, 10)) is True
+        assert _try_send(sender, _batch(10, 10)) is True
+        assert _try_send(sender, _batch(20, 10)) is False  # both permits held: it queues
         done = _poll_all(sender, 2)
         assert sorted(len(b) for b, _ in done) == [10, 10]
-        assert all(a.status == 202 and a.kind is Kind.ACCEPTED for _, a in done)
-        assert sender.in_flight == 0 and permits.acquire(blocking=False) and permits.acquire(blocking=False)
+        assert all(o.accepted_count == 10 and o.requests == 1 and not o.failed for _, o in done)
+        assert len(_poll_all(sender, 1)) == 1  # the queued one, on a pooled connection
+        assert sender.in_flight == 0 and permits.try_acquire() and permits.try_acquire()
         permits.release()
         permits.release()
-        assert sender.try_send(_batch(20, 10)) is True  # on a pooled connection
-        assert len(_poll_all(sender, 1)) == 1
         assert mock_api.stats()["events_stored"] == 30
         assert mock_api.stats()["connections_opened"] <= 2
     finally:
@@ -147,14 +168,14 @@ def test_inline_sender_keeps_to_its_permits_and_reads_answers_as_they_come(mock_
 
 def test_inline_sender_times_out_and_returns_the_permit(mock_api):
     mock_api.set_faults(latency_ms=1500)
-    permits = threading.BoundedSemaphore(1)
-    sender = InlineSender(_client(mock_api, timeout="300ms"), permits, timeout=0.3)
+    permits = FixedLimit(1)
+    sender = _sender(_client(mock_api, timeout="300ms"), permits, max_attempts=1)
     try:
-        assert sender.try_send(_batch(0, 3)) is True
-        (batch, answer), = _poll_all(sender, 1)
-        assert answer.status is None and answer.kind is Kind.RETRY and "no answer within" in answer.error
+        assert _try_send(sender, _batch(0, 3)) is True
+        (batch, outcome), = _poll_all(sender, 1)
+        assert all(d.status is None and "no answer within" in d.reason for d in outcome.failed)
         assert len(batch) == 3 and sender.in_flight == 0
-        assert permits.acquire(blocking=False)
+        assert permits.try_acquire()
     finally:
         sender.close()
 
@@ -162,9 +183,15 @@ def test_inline_sender_times_out_and_returns_the_permit(mock_api):
 def test_inline_send_to_a_closed_port_fails_at_once_without_holding_a_permit():
     cfg = FlexpriceOutput.model_validate({"api_host": "127.0.0.1:9", "api_key": "k", "scheme": "http",
                                           "timeout": "1s"})
-    permits = threading.BoundedSemaphore(1)
-    sender = InlineSender(FlexpriceClient(cfg), permits, timeout=1)
-    answer = sender.try_send(_batch(0, 2))
-    assert answer is not True and answer is not False
+    client = HttpTransport(cfg)
+    ex = client.send(BULK_PATH, bulk_body([i.body for i in _batch(0, 2)]))
+    assert ex.answer is not None, "known at once, without waiting for a socket"
+    assert client.ready(0.0) == [ex]
+    answer = client.read(ex)
     assert answer.kind is Kind.RETRY and "Connection" in answer.error
-    assert permits.acquire(blocking=False) and sender.in_flight == 0
+    permits = FixedLimit(1)
+    sender = _sender(client, permits, max_attempts=1)
+    sender.submit(_batch(0, 2))
+    (outcome,) = [o for _ in range(3) for o in sender.poll(0.05)]
+    assert outcome.failed and "Connection" in outcome.failed[0].reason
+    assert permits.try_acquire() and sender.in_flight == 0

@@ -8,6 +8,7 @@ import threading
 import apache_beam as beam
 
 from flexprice_beam.core import live
+from flexprice_beam.io.flexprice.sink import WriteResult
 
 _stdout_lock = threading.Lock()
 
@@ -33,11 +34,13 @@ class _WriteEventsFn(beam.DoFn):
 
 
 class DryRunSink(beam.PTransform):
-    """PCollection[list[Prepared]] → JSON Lines of the event bodies, nothing sent."""
+    """PCollection[list[Prepared]] → JSON Lines of the event bodies, nothing sent; an empty
+    ``WriteResult``."""
 
     def __init__(self, path: str = "-"):
         super().__init__()
         self._path = path
 
     def expand(self, pcoll):
-        return pcoll | "WriteWouldSend" >> beam.ParDo(_WriteEventsFn(self._path))
+        pcoll | "WriteWouldSend" >> beam.ParDo(_WriteEventsFn(self._path))
+        return WriteResult()  # nothing delivered, nothing failed

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from urllib.parse import urlencode
 
 from flexprice_beam.core.events import parse_timestamp, rfc3339
-from flexprice_beam.io.client import FlexpriceClient, Kind
+from flexprice_beam.io.flexprice.policy import Kind
+from flexprice_beam.io.flexprice.transport import HttpTransport
 
 #: the most rows the server returns per page
 PAGE = 50
@@ -70,7 +71,7 @@ def _ms(timestamp: str) -> int | None:
         return None
 
 
-def rows_for(client: FlexpriceClient, event_id: str, timestamp: str) -> tuple[int | None, str]:
+def rows_for(client: HttpTransport, event_id: str, timestamp: str) -> tuple[int | None, str]:
     """How many rows read-back shows for (event_id, timestamp); None and why on failure."""
     start, end = _window(timestamp)
     query = urlencode({"event_id": event_id, "start_time": start, "end_time": end,
@@ -84,7 +85,7 @@ def rows_for(client: FlexpriceClient, event_id: str, timestamp: str) -> tuple[in
     return len(rows), ""
 
 
-def read_back(client: FlexpriceClient, keys: list[tuple[str, str]], wait: float,
+def read_back(client: HttpTransport, keys: list[tuple[str, str]], wait: float,
               poll: float = 1.0) -> Held:
     """Look up each (event_id, timestamp) until all are readable or ``wait`` seconds pass."""
     keys = list(dict.fromkeys(keys))

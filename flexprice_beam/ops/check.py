@@ -18,7 +18,8 @@ from urllib.parse import quote
 
 from flexprice_beam.core.config import CollectorConfig, KafkaInput
 from flexprice_beam.core.events import Record
-from flexprice_beam.io.client import Answer, FlexpriceClient, Kind, auth_advice
+from flexprice_beam.io.flexprice.policy import Answer, Kind, auth_advice
+from flexprice_beam.io.flexprice.transport import HttpTransport
 from flexprice_beam.io.secrets import SecretError
 from flexprice_beam.transforms.mapping import FILTERED, Mapper, MappingError
 from flexprice_beam.transforms.validate import InvalidEvent, prepare
@@ -119,7 +120,7 @@ def sample_kafka(cfg: KafkaInput, n: int, timeout: float = 10.0) -> list[Record]
 # ---------------------------------------------------------------- asking Flexprice
 
 
-def fetch_meters(client: FlexpriceClient) -> tuple[Answer, list[dict]]:
+def fetch_meters(client: HttpTransport) -> tuple[Answer, list[dict]]:
     """Every published feature with its meter (``expand: meters``), all pages."""
     items: list[dict] = []
     offset = 0
@@ -136,7 +137,7 @@ def fetch_meters(client: FlexpriceClient) -> tuple[Answer, list[dict]]:
             return answer, items
 
 
-def _api(report: CheckReport, client: FlexpriceClient) -> dict[str, list[dict]] | None:
+def _api(report: CheckReport, client: HttpTransport) -> dict[str, list[dict]] | None:
     answer, features = fetch_meters(client)
     if answer.status is None:
         report.add(ERROR, "api", client.base_url, f"unreachable: {answer.error}")
@@ -251,7 +252,7 @@ def _check_event_names(report: CheckReport, meters: dict[str, list[dict]], event
             _check_property(report, name, meter, group, stringified)
 
 
-def _check_customers(report: CheckReport, client: FlexpriceClient, events: list[dict]) -> None:
+def _check_customers(report: CheckReport, client: HttpTransport, events: list[dict]) -> None:
     counts = Counter(e["external_customer_id"] for e in events)
     found = 0
     for cust, n in sorted(counts.items()):
@@ -272,7 +273,7 @@ def run_check(cfg: CollectorConfig, sample: int = 100, timeout: float = 10.0) ->
     """Everything above, in order; stops early when the API or the input is unusable."""
     report = CheckReport()
     try:
-        client = FlexpriceClient(cfg.output.flexprice)
+        client = HttpTransport(cfg.output.flexprice)
     except SecretError as exc:  # e.g. api_key_env names a variable that is not set here
         report.add(ERROR, "api", "api_key", str(exc))
         return report

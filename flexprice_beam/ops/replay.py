@@ -2,8 +2,8 @@
 
 Each event goes out with its original ``event_id`` and ``timestamp`` (the bytes the run
 would have sent), re-validated by ``transforms.validate.prepare`` and delivered by the
-sink's own ``EventDeliverer`` — same batching, retries, 400-isolation and 401 stop — so a
-replay can never bill twice: Flexprice deduplicates equal (event_id, timestamp).
+sink's own engine (``io.flexprice``) — same batching, retries, 400-isolation and 401 stop —
+so a replay can never bill twice: Flexprice deduplicates equal (event_id, timestamp).
 
 Sources: the committed files under a FileSystems folder or glob (local, ``s3://``, …), each
 rewritten atomically (temporary name + rename) keeping only the letters that were not
@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +26,13 @@ import orjson
 from flexprice_beam.core.config import CollectorConfig
 from flexprice_beam.core.events import Record, dead_letter, parse_timestamp
 from flexprice_beam.core.live import SAMPLE
-from flexprice_beam.io.client import FlexpriceAuthError, FlexpriceClient
 from flexprice_beam.io.dead_letter import encode_dead_letter, lock_file
 from flexprice_beam.io.dead_letter_files import is_local, letter_files, read_file, write_atomically
-from flexprice_beam.io.deliver import EventDeliverer
+from flexprice_beam.io.flexprice.executor import deliver
+from flexprice_beam.io.flexprice.policy import FlexpriceAuthError
+from flexprice_beam.io.flexprice.sink import BatchBuffer, delivery_dead_letter, executor_for
+from flexprice_beam.io.flexprice.transport import HttpTransport
 from flexprice_beam.io.readback import read_back
-from flexprice_beam.io.retry import RetryPolicy, Throttle
-from flexprice_beam.io.sink import _BatchBuffer, delivery_dead_letter
 from flexprice_beam.transforms.validate import InvalidEvent, Prepared, prepare
 
 log = logging.getLogger("flexprice_beam.replay")
@@ -110,36 +109,29 @@ def _again(new: dict, old: dict) -> dict:
 
 
 class Replayer:
-    """Replays one file at a time; holds the client and deliverer for the whole run."""
+    """Replays one file at a time; holds the sink's delivery engine for the whole run."""
 
     def __init__(self, cfg: CollectorConfig):
-        out = cfg.output.flexprice
-        self._cfg = out
-        self._client = FlexpriceClient(out)
-        self._deliverer = EventDeliverer(self._client, RetryPolicy.from_config(out.retry),
-                                         Throttle(), single=out.mode == "single")
+        self._cfg = cfg.output.flexprice
+        self._engine = executor_for(self._cfg)
 
     def close(self) -> None:
-        self._client.close()
+        self._engine.close()
 
     @property
-    def client(self) -> FlexpriceClient:
-        """The client the replay sent through (for the read-back after it)."""
-        return self._client
+    def client(self) -> HttpTransport:
+        """The transport the replay sent through (for the read-back after it)."""
+        return self._engine.transport
 
     def deliver(self, items: list[Prepared]) -> dict[int, dict | None]:
         """id(item) → None if accepted, else its new dead letter; raises on 401/403."""
-        buffer = _BatchBuffer(self._cfg.batching.count, self._cfg.batching.byte_size)
-        batches = buffer.extend(items)
-        if buffer.items:
-            batches.append(buffer.take())
+        batches = BatchBuffer(self._cfg.batching.count, self._cfg.batching.byte_size).cut(items)
         result: dict[int, dict | None] = {}
-        with ThreadPoolExecutor(self._cfg.max_in_flight, thread_name_prefix="replay") as pool:
-            for outcome in pool.map(self._deliverer.deliver, batches):
-                for item in outcome.accepted_items():
-                    result[id(item)] = None
-                for d in outcome.failed:
-                    result[id(d.item)] = delivery_dead_letter(d)
+        for outcome in deliver(self._engine, batches):
+            for item in outcome.accepted_items():
+                result[id(item)] = None
+            for d in outcome.failed:
+                result[id(d.item)] = delivery_dead_letter(d)
         return result
 
 

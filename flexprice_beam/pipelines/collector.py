@@ -17,8 +17,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from flexprice_beam.core.config import CollectorConfig, ConfigError
 from flexprice_beam.io.dead_letter import WriteDeadLetters
+from flexprice_beam.io.flexprice.sink import WriteToFlexprice
 from flexprice_beam.io.generate import GenerateEvents
-from flexprice_beam.io.sink import WriteToFlexprice
 from flexprice_beam.transforms.batches import Batch
 from flexprice_beam.transforms.mapping import DEAD_LETTER, MapRecords
 from flexprice_beam.transforms.validate import ValidateEvents
@@ -136,10 +136,9 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
         DEAD_LETTER, main="valid")
     written = valid.valid | "WriteToFlexprice" >> (sink or WriteToFlexprice(cfg.output.flexprice))
     dead = [mapped[DEAD_LETTER], valid[DEAD_LETTER]]
-    deliveries = None
-    if isinstance(written, beam.pvalue.DoOutputsTuple):
-        dead.append(written[DEAD_LETTER])
-        deliveries = written.deliveries
+    if written.failed is not None:
+        dead.append(written.failed)
+    deliveries = written.deliveries
     dead_letters = tuple(dead) | "CollectDeadLetters" >> beam.Flatten()
     written = dead_letters | "WriteDeadLetters" >> (
         dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter))

@@ -1,8 +1,9 @@
-"""``FlexpriceClient``: the HTTP transport to Flexprice, usable without Beam.
+"""``HttpTransport``: requests to Flexprice on keep-alive ``http.client`` connections.
 
-One keep-alive ``http.client`` connection per thread, a timeout on every call, and answers
-classified by the seed's error table.  It makes exactly one attempt per call; retrying is
-``EventDeliverer``'s job (see ``flexprice_beam.io.deliver``).
+It reports what happened (an ``Answer``) and decides nothing: retrying, splitting and
+stopping are ``policy.decide``'s.  The hot path is non-blocking: ``send`` writes a request
+on an idle (or new) connection and returns, ``ready`` says which answers can be read
+(selectors) or timed out, ``read`` reads one; ``request`` is the three in a row.
 
 Why not ``requests``: sending shares the GIL (and mostly the thread) with the pipeline, and a
 100 KB bulk POST costs ~0.5 ms of Python in ``requests`` against ~0.05 ms in ``http.client``
@@ -14,82 +15,63 @@ and a pooled connection the server closed while idle is replaced before it is re
 from __future__ import annotations
 
 import base64
-import enum
 import http.client
 import ipaddress
 import logging
 import os
 import select
+import selectors
 import ssl
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
-from flexprice_beam.io.retry import parse_retry_after
+from flexprice_beam.io.flexprice.policy import Answer, parse_retry_after
 from flexprice_beam.io.secrets import resolve_api_key
 
 log = logging.getLogger("flexprice_beam.client")
 
 BULK_PATH = "/v1/events/bulk"
 SINGLE_PATH = "/v1/events"
-
-
-class Kind(enum.Enum):
-    ACCEPTED = "accepted"  # 2xx
-    REJECTED = "rejected"  # 4xx other than auth/429: the events themselves are bad
-    AUTH = "auth"  # 401/403: stop the run, retrying cannot help
-    RETRY = "retry"  # 429, 5xx, connection errors, timeouts
-
-
-class FlexpriceAuthError(RuntimeError):
-    """401/403 from Flexprice: the key is wrong or lacks permission; the run must stop."""
+#: seconds a connection may have been idle and still be reused without a dropped() check
+RECHECK_IDLE = 1.0
+_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 
 class InsecureTransportError(ValueError):
     """Plain http to a host that is not this machine, without ``allow_insecure``."""
 
 
-@dataclass(slots=True)
-class Answer:
-    """One HTTP exchange's outcome (status None when no response came back)."""
+@dataclass(slots=True, eq=False)
+class Exchange:
+    """One request in flight; ``tag`` is the caller's (the executor's job)."""
 
-    status: int | None
-    body: str
-    retry_after: float | None = None
-    error: str | None = None
-    latency: float = 0.0
-    #: why no answer will ever come on retrying, so the run stops: "certificate" (it does not
-    #: verify) or "proxy" (HTTPS_PROXY refused our credentials); None otherwise
-    fatal: str | None = None
-    #: how the status was known when no response was read (an oversize body's broken pipe)
-    note: str | None = None
+    conn: Any
+    started: float
+    tag: Any = None
+    answer: Answer | None = None  # known without reading: the send failed, or timed out
 
-    @property
-    def kind(self) -> Kind:
-        if self.fatal:
-            return Kind.AUTH
-        s = self.status
-        if s is None or s == 429 or s >= 500 or s == 408:
-            return Kind.RETRY
-        if 200 <= s < 300:
-            return Kind.ACCEPTED
-        if s in (401, 403):
-            return Kind.AUTH
-        return Kind.REJECTED
 
-    def describe(self) -> str:
-        if self.status is None:
-            return f"no response: {self.error}"
-        if self.note:
-            return f"HTTP {self.status} (assumed: {self.note}; {self.error})"
-        text = self.body.strip().replace("\n", " ")
-        return f"HTTP {self.status}: {text[:500]}" if text else f"HTTP {self.status}"
+class Transport(Protocol):
+    """What the executor needs; tests pass a fake one."""
+
+    base_url: str
+    environment_id: str | None
+
+    def send(self, path: str, body: bytes, tag: Any = None) -> Exchange: ...
+    def ready(self, timeout: float) -> list[Exchange]: ...
+    def read(self, exchange: Exchange) -> Answer: ...
+    def close(self) -> None: ...
+
+
+def bulk_body(bodies: list[bytes]) -> bytes:
+    """``{"events":[…]}`` from events serialised once upstream, byte-identical on resends."""
+    return b'{"events":[' + b",".join(bodies) + b"]}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -101,8 +83,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class FlexpriceClient:
-    """Thin transport: ``post_bulk``/``post_single`` send pre-serialised events once."""
+class HttpTransport:
+    """Requests to one Flexprice endpoint; single-threaded (one per executor)."""
 
     def __init__(self, cfg: FlexpriceOutput):
         self.base_url = cfg.base_url
@@ -115,42 +97,142 @@ class FlexpriceClient:
             log.warning("TLS certificate verification for Flexprice is OFF (skip_cert_verify): "
                         "anyone on the path can read the API key and the events")
         self._timeout = cfg.timeout
-        self._secret = resolve_api_key(cfg)  # on the worker, in the sink's setup()
-        self._headers = {
-            "x-api-key": self._secret,
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "flexprice-beam",
-        }
+        key = resolve_api_key(cfg)  # on the worker, in the sink's setup()
+        self._headers = {"x-api-key": key, "Content-Type": "application/json",
+                         "Accept": "application/json", "User-Agent": "flexprice-beam"}
         if cfg.environment_id:  # a config-file key (self-hosted) carries no environment
             self._headers["X-Environment-ID"] = cfg.environment_id
         self._headers.update((k, v.get_secret_value()) for k, v in cfg.headers.items())
         self.environment_id = cfg.environment_id
         # extra header values may be gateway tokens: redact them like the key
-        self._secrets = [self._secret, *(v.get_secret_value() for v in cfg.headers.values())]
+        self._secrets = [key, *(v.get_secret_value() for v in cfg.headers.values())]
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
         self._ssl = _ssl_context(verify=not cfg.skip_cert_verify) if self._https else None
-        self._proxy = _proxy_for(parts.scheme, self._host)
+        self._proxy = proxy_for(parts.scheme, self._host)
         # Through a plain-http proxy the request line names the whole URL; https tunnels.
         self._prefix = self.base_url if self._proxy and not self._https else ""
         if self._prefix:
             self._headers.update(self._proxy[2])
-        self._local = threading.local()
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (conn, idle since)
+        self._busy: dict[int, Exchange] = {}
+        self._done: list[Exchange] = []
+        self._selector = selectors.DefaultSelector()
 
     def __getstate__(self) -> dict[str, Any]:
-        raise TypeError("FlexpriceClient holds live connections; build one per worker in setup()")
+        raise TypeError("HttpTransport holds live connections; build one per worker in setup()")
 
-    def _connection(self) -> http.client.HTTPConnection:
-        """This thread's keep-alive connection, replaced when the server closed it meanwhile."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and dropped(conn):
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy) + len(self._done)
+
+    # -- the non-blocking exchange ----------------------------------------------------------
+
+    def send(self, path: str, body: bytes | None, tag: Any = None, method: str = "POST",
+             recheck: float | None = None) -> Exchange:
+        """Write a request and return; its answer comes out of ``ready``."""
+        conn = self._connection(RECHECK_IDLE if recheck is None else recheck)
+        ex = Exchange(conn, time.monotonic(), tag)
+        try:
+            conn.request(method, self._prefix + path, body=body, headers=self._headers)
+        except _ERRORS as exc:
+            ex.answer = self._early_answer(conn, exc, body, ex.started)
             conn.close()
-            conn = None
-        if conn is None:
-            conn = self._local.conn = self.new_connection()
-        return conn
+            self._done.append(ex)
+            return ex
+        self._busy[conn.sock.fileno()] = ex
+        self._selector.register(conn.sock, selectors.EVENT_READ)
+        return ex
+
+    def ready(self, timeout: float) -> list[Exchange]:
+        """Exchanges whose answer can be read now (or are over the timeout), waiting up to
+        ``timeout`` seconds for one."""
+        done, self._done = self._done, []
+        if self._busy:
+            for key, _ in self._selector.select(0.0 if done else timeout):
+                done.append(self._release(key.fd))
+            now = time.monotonic()
+            for fd in [fd for fd, x in self._busy.items() if now - x.started > self._timeout]:
+                ex = self._release(fd)
+                ex.conn.close()
+                ex.answer = Answer(None, "", error=f"TimeoutError: no answer within "
+                                   f"{self._timeout:g}s ({self.base_url})",
+                                   latency=now - ex.started)
+                done.append(ex)
+        return done
+
+    def read(self, ex: Exchange) -> Answer:
+        if ex.answer is not None:
+            return ex.answer
+        conn = ex.conn
+        try:
+            resp = conn.getresponse()
+            data = resp.read()
+        except _ERRORS as exc:
+            conn.close()  # possibly half-dead: the next call opens a fresh one
+            return self._failed(exc, ex.started)
+        if resp.will_close:
+            conn.close()
+        else:
+            self._idle.append((conn, time.monotonic()))
+        return Answer(resp.status, data.decode("utf-8", "replace"),
+                      parse_retry_after(resp.getheader("Retry-After")),
+                      latency=time.monotonic() - ex.started)
+
+    def _release(self, fd: int) -> Exchange:
+        ex = self._busy.pop(fd)
+        self._selector.unregister(ex.conn.sock)
+        return ex
+
+    # -- blocking calls (the seed's one-at-a-time use, check, read-back) ---------------------
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Answer:
+        """Send and wait for the answer (the socket's timeout bounds each read)."""
+        ex = self.send(path, body, method=method, recheck=0.0)  # seldom: always check
+        if ex.answer is None:
+            self._release(ex.conn.sock.fileno())
+        else:
+            self._done.remove(ex)
+        return self.read(ex)
+
+    def post_bulk(self, bodies: list[bytes]) -> Answer:
+        return self.request("POST", BULK_PATH, bulk_body(bodies))
+
+    def post_single(self, body: bytes) -> Answer:
+        return self.request("POST", SINGLE_PATH, body)
+
+    def get_json(self, path: str) -> tuple[Answer, Any]:
+        answer = self.request("GET", path)
+        return answer, _loads(answer)
+
+    def post_json(self, path: str, payload: Any) -> tuple[Answer, Any]:
+        answer = self.request("POST", path, orjson.dumps(payload))
+        return answer, _loads(answer)
+
+    def close(self) -> None:
+        """Abandon what is in flight (its batches were not acknowledged: never counted)."""
+        for fd in list(self._busy):
+            self._release(fd).conn.close()
+        for conn, _ in self._idle:
+            conn.close()
+        self._idle.clear()
+        self._done.clear()
+
+    # -- connections and errors -------------------------------------------------------------
+
+    def _connection(self, recheck: float) -> http.client.HTTPConnection:
+        # A connection answered less than RECHECK_IDLE ago is reused without asking the
+        # kernel: servers close keep-alive connections after seconds of idleness, and the
+        # zero-timeout select() gave the GIL away on every request, stalling the bundle
+        # thread behind the gRPC reader (a quarter of the collector's samples on Prism).
+        # If one was closed anyway, the send fails and is retried like any connection error.
+        while self._idle:
+            conn, since = self._idle.pop()
+            if time.monotonic() - since < recheck or not dropped(conn):
+                return conn
+            conn.close()
+        return self.new_connection()
 
     def new_connection(self) -> http.client.HTTPConnection:
         """A connection of the caller's own (it connects on first use)."""
@@ -165,26 +247,6 @@ class FlexpriceClient:
         conn = http.client.HTTPSConnection(phost, pport, timeout=self._timeout, context=self._ssl)
         conn.set_tunnel(self._host, self._port, headers=pheaders)
         return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.close()
-
-    # The two halves of one exchange, so a caller can send on several connections and read
-    # the answers as they come (``io.inline``); ``request`` is both in a row.
-
-    def send(self, conn: http.client.HTTPConnection, method: str, path: str,
-             body: bytes | None, started: float) -> Answer | None:
-        """Send a request on ``conn``; an ``Answer`` only if that already failed."""
-        try:
-            conn.request(method, self._prefix + path, body=body, headers=self._headers)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            answer = self._early_answer(conn, exc, body, started)
-            conn.close()
-            return answer
-        return None
 
     def _early_answer(self, conn: http.client.HTTPConnection, exc: BaseException,
                       body: bytes | None, started: float) -> Answer:
@@ -202,7 +264,7 @@ class FlexpriceClient:
                 return Answer(resp.status, data.decode("utf-8", "replace"),
                               parse_retry_after(resp.getheader("Retry-After")),
                               latency=time.monotonic() - started)
-            except (OSError, http.client.HTTPException, ValueError):
+            except _ERRORS:
                 pass
         if isinstance(exc, OSError) and body is not None and len(body) > MAX_BODY_BYTES:
             return Answer(400, "", error=self._redact(_describe(exc, self.base_url)),
@@ -210,21 +272,6 @@ class FlexpriceClient:
                           note=f"the connection broke while sending a {len(body)}-byte body, "
                                f"over Flexprice's {MAX_BODY_BYTES}-byte cap (an oversize 400)")
         return self._failed(exc, started)
-
-    def receive(self, conn: http.client.HTTPConnection, started: float) -> tuple[Answer, bool]:
-        """Read the answer to the request sent on ``conn``: ``(answer, conn still usable)``."""
-        try:
-            resp = conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            conn.close()  # possibly half-dead: the next call opens a fresh one
-            return self._failed(exc, started), False
-        reusable = not resp.will_close
-        if not reusable:
-            conn.close()
-        return Answer(resp.status, data.decode("utf-8", "replace"),
-                      parse_retry_after(resp.getheader("Retry-After")),
-                      latency=time.monotonic() - started), reusable
 
     def _failed(self, exc: BaseException, started: float) -> Answer:
         if isinstance(exc, ValueError):  # http.client refuses a header value it cannot send
@@ -235,18 +282,6 @@ class FlexpriceClient:
         return Answer(None, "", error=self._redact(text), latency=time.monotonic() - started,
                       fatal=fatal)
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> Answer:
-        started = time.monotonic()
-        conn = self._connection()
-        failed = self.send(conn, method, path, body, started)
-        if failed is not None:
-            self._local.conn = None
-            return failed
-        answer, reusable = self.receive(conn, started)
-        if not reusable:
-            self._local.conn = None
-        return answer
-
     def _redact(self, text: str) -> str:
         """Error texts end up in logs and dead letters: never with the key in them (http.client
         quotes a header value it cannot send, e.g. a key with a stray newline)."""
@@ -255,42 +290,6 @@ class FlexpriceClient:
         for form in sorted(forms, key=len, reverse=True):  # raw, as repr() quotes it, trimmed
             text = text.replace(form, "***")
         return text
-
-    def post_bulk(self, bodies: list[bytes]) -> Answer:
-        return self.request("POST", BULK_PATH, bulk_body(bodies))
-
-    def post_single(self, body: bytes) -> Answer:
-        return self.request("POST", SINGLE_PATH, body)
-
-    def get_json(self, path: str) -> tuple[Answer, Any]:
-        answer = self.request("GET", path)
-        return answer, _loads(answer)
-
-    def post_json(self, path: str, payload: Any) -> tuple[Answer, Any]:
-        answer = self.request("POST", path, orjson.dumps(payload))
-        return answer, _loads(answer)
-
-    def close(self) -> None:
-        self._drop()
-
-
-def auth_advice(answer: Answer, environment_id: str | None) -> str:
-    """What to fix after a 401/403, from the server's own words."""
-    if answer.status == 403 and "environment" in answer.body.lower():
-        if environment_id:
-            return (f"environment {environment_id!r} does not exist for this key's tenant — "
-                    "check output.flexprice.environment_id")
-        return ("this key carries no environment (a key from the server's config file, as on "
-                "a self-hosted Flexprice): set output.flexprice.environment_id, sent as "
-                "X-Environment-ID")
-    if answer.status == 403:
-        return "the key lacks permission for this call — check its roles in Flexprice"
-    return "check output.flexprice.api_key / FLEXPRICE_API_KEY"
-
-
-def bulk_body(bodies: list[bytes]) -> bytes:
-    """``{"events":[…]}`` from events serialised once upstream, byte-identical on resends."""
-    return b'{"events":[' + b",".join(bodies) + b"]}"
 
 
 def dropped(conn: http.client.HTTPConnection) -> bool:
@@ -324,7 +323,7 @@ def _ssl_context(verify: bool) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
-def _proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
+def proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
     """``(host, port, headers)`` of the proxy the environment names for this URL, if any."""
     proxy = urllib.request.getproxies().get(scheme)
     if not proxy or urllib.request.proxy_bypass(host):

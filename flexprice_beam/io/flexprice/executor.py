@@ -1,0 +1,285 @@
+"""``Executor``: every request to Flexprice, first attempts and retries alike, from one thread.
+
+Why one thread: with a Python thread per request in flight every answer has to win the GIL
+back from the bundle thread, and those hand-offs cost the pipeline more CPU than the HTTP
+itself (~1 µs per event at 500 per request, docs/benchmarks.md).  Here the caller submits
+batches and calls ``poll`` between elements: it starts what the concurrency limit and the
+process's Retry-After deferral allow, reads the answers whose sockets are readable, and
+carries out ``policy.decide``'s action — accept, retry at a later time, split a rejected
+batch into halves (resubmitted like any batch), dead-letter, or stop.  A submitted batch
+comes back from ``poll`` as one ``Outcome`` once every event of it is accepted or
+dead-lettered.
+
+Per-event log lines follow the seed ("📤 Sending event …", "✅ Event accepted …"): every
+event at DEBUG, a sample (the first few, then every 1000th) at INFO.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from flexprice_beam.core.logs import Sampler, log_events
+from flexprice_beam.core.shutdown import STOP
+from flexprice_beam.io.flexprice.policy import (
+    Action,
+    FixedLimit,
+    FlexpriceAuthError,
+    RetryPolicy,
+    Throttle,
+    decide,
+)
+from flexprice_beam.io.flexprice.transport import BULK_PATH, SINGLE_PATH, Transport, bulk_body
+from flexprice_beam.transforms.validate import Prepared
+
+log = logging.getLogger("flexprice_beam.sink")
+_SENDING = Sampler()
+_ACCEPTED = Sampler()
+#: A failed group larger than this is logged as one line (its events are in the dead letters).
+_LOG_EACH_FAILURE = 3
+
+
+@dataclass(slots=True)
+class Delivery:
+    """An event that was NOT accepted: dead-lettered with the answer that sank it."""
+
+    item: Prepared
+    attempts: int
+    status: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Outcome:
+    """One submitted batch's results plus what it cost, for metrics on the caller's thread.
+
+    Accepted events are kept as the caller's own lists (no object per event: at 200k
+    events/s a per-event report costs more than the HTTP request); only failures get a
+    ``Delivery`` each.
+    """
+
+    accepted: list[list[Prepared]] = field(default_factory=list)
+    failed: list[Delivery] = field(default_factory=list)
+    requests: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # events per request
+    throttled: float = 0.0  # seconds its requests were held back by backoff / Retry-After
+    open: int = 0  # parts still in flight or waiting
+
+    @property
+    def accepted_count(self) -> int:
+        return sum(map(len, self.accepted))
+
+    def accepted_items(self):
+        for part in self.accepted:
+            yield from part
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """A part of a submitted batch on its way: the whole, a half, or one event (single)."""
+
+    items: list[Prepared]
+    outcome: Outcome
+    path: str
+    started: float = 0.0  # first attempt of this part, for the retry time budget
+    attempt: int = 0
+
+
+class Executor:
+    """Non-blocking delivery over one ``Transport``; ``poll`` does the work.  Thread-safe
+    (a lock), but meant to be driven by one thread at a time."""
+
+    def __init__(self, transport: Transport, retry: RetryPolicy, limit: FixedLimit,
+                 throttle: Throttle, single: bool = False):
+        self.transport = transport
+        self.retry = retry
+        self.limit = limit
+        self.throttle = throttle
+        self.single = single
+        self.pending = 0  # submitted batches not yet returned by poll
+        self.stopped = threading.Event()
+        self.stop_reason = "stopped: another request was refused with 401/403"
+        self._fresh: deque[_Job] = deque()
+        self._later: list[tuple[float, int, _Job]] = []  # retries by due time
+        self._seq = itertools.count()
+        self._in_flight = 0
+        self._done: list[Outcome] = []
+        self._lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued: for a permit, the process's Retry-After, or a retry's time."""
+        return len(self._fresh) + len(self._later)
+
+    def submit(self, items: list[Prepared]) -> None:
+        """Queue one batch; ``poll`` sends it and returns its ``Outcome`` when done."""
+        if not items:
+            return
+        log_events(log, _SENDING, items, "📤 Sending event: %s for customer: %s",
+                   _name_and_customer)
+        outcome = Outcome()
+        with self._lock:
+            self.pending += 1
+            if self.single:
+                outcome.open = len(items)
+                self._fresh.extend(_Job([i], outcome, SINGLE_PATH) for i in items)
+            else:
+                outcome.open = 1
+                self._fresh.append(_Job(items, outcome, BULK_PATH))
+
+    def poll(self, timeout: float = 0.0, wait_lock: bool = True) -> list[Outcome]:
+        """Start what may start, read what answered (waiting up to ``timeout`` for something
+        to happen) and return the batches that are done.  Raises ``FlexpriceAuthError``
+        once a stop was decided.  ``wait_lock=False``: return at once if another thread
+        is polling."""
+        if not self._lock.acquire(blocking=wait_lock):
+            return []
+        try:
+            self._start()
+            if self._in_flight:
+                wait = timeout if not self._done else 0.0
+                if self._later:
+                    wait = min(wait, max(0.0, self._later[0][0] - time.monotonic()))
+                for ex in self.transport.ready(wait):
+                    self._answered(ex)
+                self._start()
+            elif timeout and (self._fresh or self._later) and not self._done:
+                # nothing of ours in flight: a retry is due later, a 429 defers us, or every
+                # permit is held by another sink instance of this process
+                held = self.throttle.remaining()
+                waits = [timeout, held or timeout, 0.005 if self._fresh and not held else timeout]
+                if self._later:
+                    waits.append(self._later[0][0] - time.monotonic())
+                self.stopped.wait(max(0.0, min(waits)))
+                self._start()
+            done, self._done = self._done, []
+            return done
+        finally:
+            self._lock.release()
+
+    def drain(self, timeout: float = 0.05):
+        """Yield outcomes until every submitted batch is done."""
+        while self.pending:
+            yield from self.poll(timeout)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self.stopped.is_set():
+            raise FlexpriceAuthError(self.stop_reason)
+        if self.throttle.remaining():
+            return
+        now = time.monotonic()
+        while self._later and self._later[0][0] <= now:
+            if not self._send(self._later[0][2], now):
+                return
+            heapq.heappop(self._later)
+        while self._fresh:
+            if not self._send(self._fresh[0], now):
+                return
+            self._fresh.popleft()
+
+    def _send(self, job: _Job, now: float) -> bool:
+        if not self.limit.try_acquire():
+            return False
+        if job.attempt == 0:
+            job.started = now
+        job.attempt += 1
+        body = job.items[0].body if job.path is SINGLE_PATH else bulk_body(
+            [i.body for i in job.items])
+        self._in_flight += 1
+        self.transport.send(job.path, body, job)
+        return True
+
+    def _answered(self, ex) -> None:
+        job: _Job = ex.tag
+        answer = self.transport.read(ex)
+        self._in_flight -= 1
+        self.limit.release(answer.latency, answer.overloaded)
+        out = job.outcome
+        out.requests += 1
+        out.latencies.append(answer.latency)
+        out.sizes.append(len(job.items))
+        deadline = STOP.deadline if STOP.requested.is_set() else None
+        d = decide(answer, attempt=job.attempt, elapsed=time.monotonic() - job.started,
+                   size=len(job.items), retry=self.retry, base_url=self.transport.base_url,
+                   environment_id=self.transport.environment_id,
+                   stopping=STOP.signal_name if STOP.requested.is_set() else None,
+                   grace=None if deadline is None else deadline - time.monotonic())
+        if d.action is Action.ACCEPT:
+            out.accepted.append(job.items)
+            log_events(log, _ACCEPTED, job.items, "✅ Event accepted successfully, ID: %s",
+                       _event_id)
+        elif d.action is Action.RETRY:
+            out.retries[d.cause] = out.retries.get(d.cause, 0) + 1
+            out.throttled += d.delay
+            if d.defer_all:
+                self.throttle.defer(d.delay)
+            log.info("Flexprice %s; retrying %d events in %.2fs (attempt %d)",
+                     answer.describe()[:200], len(job.items), d.delay, job.attempt + 1)
+            heapq.heappush(self._later, (time.monotonic() + d.delay, next(self._seq), job))
+            return
+        elif d.action is Action.SPLIT:
+            mid = len(job.items) // 2
+            log.info("Flexprice rejected a batch of %d (%s); isolating the bad events",
+                     len(job.items), d.reason[:200])
+            out.open += 1
+            self._fresh.extendleft([_Job(job.items[mid:], out, job.path),
+                                    _Job(job.items[:mid], out, job.path)])
+            return
+        elif d.action is Action.STOP:
+            # Every later poll stops with the same words: whichever error the runner
+            # reports then names the cause, not just "another request failed".
+            self.stop_reason = d.reason
+            self.stopped.set()
+            raise FlexpriceAuthError(d.reason)
+        else:
+            _log_failure(logging.ERROR if d.gave_up else logging.WARNING, job.items, d.reason)
+            out.failed.extend(Delivery(i, job.attempt, answer.status, d.reason)
+                              for i in job.items)
+        out.open -= 1
+        if out.open == 0:
+            self.pending -= 1
+            self._done.append(out)
+
+
+def deliver(executor: Executor, batches: list[list[Prepared]]) -> list[Outcome]:
+    """Send ``batches`` and wait until every one is accepted or dead-lettered (off a
+    pipeline: replays)."""
+    for batch in batches:
+        executor.submit(batch)
+    return list(executor.drain())
+
+
+def _name_and_customer(item: Prepared) -> tuple:
+    return item.event["event_name"], item.event["external_customer_id"]
+
+
+def _event_id(item: Prepared) -> tuple:
+    return (item.event["event_id"],)
+
+
+def _log_failure(level: int, items: list[Prepared], why: str) -> None:
+    if len(items) <= _LOG_EACH_FAILURE:
+        for i in items:
+            log.log(level, "Failed to send event %s (%s for customer %s): %s",
+                    i.event.get("event_id"), i.event.get("event_name"),
+                    i.event.get("external_customer_id"), why[:300])
+        return
+    ids = ", ".join(str(i.event.get("event_id")) for i in items[:3])
+    log.log(level, "Failed to send %d events (%s, …): %s; they go to the dead letters",
+            len(items), ids, why[:300])

@@ -1,0 +1,269 @@
+"""What to do with each answer from Flexprice: the seed's error table as one pure function.
+
+``decide`` maps an ``Answer`` (status, Retry-After, body, transport error) plus the attempt,
+the time spent and the retry settings to an ``Action``; the transport only reports what
+happened and the executor only carries the action out.  Kept apart like Beam's
+``requestresponse`` keeps its ``Repeater`` and throttler apart from its ``Caller``.
+
+* 2xx: accept.
+* 400 (and other 4xx): the batch holds bad events; split it until they stand alone, then
+  dead-letter them with the server's answer (resends are byte-identical: Flexprice dedups).
+* 401/403, a certificate that does not verify, a proxy refusing our credentials: stop.
+* 408, 429, 5xx, connection errors, timeouts: retry after the backoff (or Retry-After);
+  once the time budget (or the opt-in attempt limit, or a shutdown's grace) is spent,
+  dead-letter with the last error rather than lose the events.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from flexprice_beam.core.config import FlexpriceOutput, RetryConfig
+
+
+class Kind(enum.Enum):
+    ACCEPTED = "accepted"  # 2xx
+    REJECTED = "rejected"  # 4xx other than auth/408/429: the events themselves are bad
+    AUTH = "auth"  # 401/403, certificate, proxy credentials: retrying cannot help
+    RETRY = "retry"  # 408, 429, 5xx, connection errors, timeouts
+
+
+class Action(enum.Enum):
+    ACCEPT = "accept"
+    RETRY = "retry"
+    SPLIT = "split"
+    DEAD_LETTER = "dead_letter"
+    STOP = "stop"
+
+
+class FlexpriceAuthError(RuntimeError):
+    """Flexprice (or the way to it) refuses us for good: the run must stop."""
+
+
+@dataclass(slots=True)
+class Answer:
+    """One HTTP exchange's outcome, as the transport saw it (status None: no response)."""
+
+    status: int | None
+    body: str
+    retry_after: float | None = None
+    error: str | None = None
+    latency: float = 0.0
+    #: a transport failure no retry can cure: "certificate" (it does not verify) or "proxy"
+    #: (HTTPS_PROXY answered 407 to our credentials); None otherwise
+    fatal: str | None = None
+    #: how the status was known when no response was read (an oversize body's broken pipe)
+    note: str | None = None
+
+    @property
+    def kind(self) -> Kind:
+        s = self.status
+        if self.fatal or s in (401, 403):
+            return Kind.AUTH
+        if s is None or s == 429 or s >= 500 or s == 408:
+            return Kind.RETRY
+        return Kind.ACCEPTED if 200 <= s < 300 else Kind.REJECTED
+
+    @property
+    def overloaded(self) -> bool:
+        """The server (or the way to it) could not keep up: for the concurrency limiter."""
+        return self.kind is Kind.RETRY
+
+    def describe(self) -> str:
+        if self.status is None:
+            return f"no response: {self.error}"
+        if self.note:
+            return f"HTTP {self.status} (assumed: {self.note}; {self.error})"
+        text = self.body.strip().replace("\n", " ")
+        return f"HTTP {self.status}: {text[:500]}" if text else f"HTTP {self.status}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    delay: float = 0.0  # RETRY: seconds to wait first
+    reason: str = ""  # DEAD_LETTER / STOP: why, for logs and dead letters
+    cause: str = ""  # RETRY: "429", "503", "connection" (the ``retries_<cause>`` counter)
+    defer_all: bool = False  # RETRY after a 429: every sender of the process waits too
+    gave_up: bool = False  # DEAD_LETTER because retrying ran out (logged as an error)
+
+
+def decide(answer: Answer, *, attempt: int, elapsed: float, size: int, retry: RetryPolicy,
+           base_url: str = "", environment_id: str | None = None,
+           stopping: str | None = None, grace: float | None = None,
+           rng: random.Random | None = None) -> Decision:
+    """The action for ``answer`` to attempt number ``attempt`` (1-based) of a batch of
+    ``size`` events first sent ``elapsed`` seconds ago.  ``stopping`` names the signal of a
+    requested shutdown and ``grace`` the seconds it leaves (None: no deadline)."""
+    kind = answer.kind
+    if kind is Kind.ACCEPTED:
+        return Decision(Action.ACCEPT)
+    if kind is Kind.AUTH:
+        return Decision(Action.STOP, reason=stop_reason(answer, base_url, environment_id))
+    if kind is Kind.REJECTED:
+        if size > 1:
+            return Decision(Action.SPLIT, reason=answer.describe())
+        return Decision(Action.DEAD_LETTER, reason=answer.describe())
+    delay = retry.delay(attempt, answer.retry_after, rng)
+    if retry.exhausted(attempt, elapsed, delay) or (grace is not None and delay > grace):
+        why = f"gave up after {attempt} attempts: {answer.describe()}"
+        if stopping:
+            why += f" (stopping on {stopping}: shutdown grace over)"
+        return Decision(Action.DEAD_LETTER, reason=why, gave_up=True)
+    cause = "connection" if answer.status is None else str(answer.status)
+    return Decision(Action.RETRY, delay=delay, cause=cause, defer_all=answer.status == 429)
+
+
+def stop_reason(answer: Answer, base_url: str, environment_id: str | None) -> str:
+    """The words a stop is reported with: what failed and what to fix."""
+    if answer.fatal == "proxy":
+        return (f"the HTTPS proxy refused to connect to {base_url}: {str(answer.error)[:300]} "
+                "— check the user:password in HTTPS_PROXY; stopping without retries")
+    if answer.fatal:
+        return (f"TLS certificate of {base_url} did not verify: {str(answer.error)[:300]} — "
+                "trust its CA (REQUESTS_CA_BUNDLE) or, for a test server only, set "
+                "output.flexprice.skip_cert_verify: true; stopping without retries")
+    return (f"Flexprice refused the API key: {answer.describe()} — "
+            f"{auth_advice(answer, environment_id)}; stopping without retries")
+
+
+def auth_advice(answer: Answer, environment_id: str | None) -> str:
+    """What to fix after a 401/403, from the server's own words."""
+    if answer.status == 403 and "environment" in answer.body.lower():
+        if environment_id:
+            return (f"environment {environment_id!r} does not exist for this key's tenant — "
+                    "check output.flexprice.environment_id")
+        return ("this key carries no environment (a key from the server's config file, as on "
+                "a self-hosted Flexprice): set output.flexprice.environment_id, sent as "
+                "X-Environment-ID")
+    if answer.status == 403:
+        return "the key lacks permission for this call — check its roles in Flexprice"
+    return "check output.flexprice.api_key / FLEXPRICE_API_KEY"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date); None if absent/garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded by elapsed time (and, opt-in, by attempts)."""
+
+    max_attempts: int | None = None
+    initial_backoff: float = 0.2
+    max_backoff: float = 30.0
+    max_elapsed: float = 600.0
+
+    @classmethod
+    def from_config(cls, cfg: RetryConfig) -> RetryPolicy:
+        return cls(cfg.max_attempts, cfg.initial_backoff, cfg.max_backoff, cfg.max_elapsed)
+
+    def delay(self, attempt: int, retry_after: float | None = None,
+              rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if retry_after:
+            return retry_after
+        cap = min(self.max_backoff, self.initial_backoff * (2 ** (attempt - 1)))
+        return (rng or random).uniform(cap / 2, cap)
+
+    def exhausted(self, attempt: int, elapsed: float, next_delay: float) -> bool:
+        """True once the next wait would pass ``max_elapsed`` (or ``max_attempts`` tries,
+        when that opt-in limit is set, were made)."""
+        if self.max_attempts is not None and attempt >= self.max_attempts:
+            return True
+        return elapsed + next_delay > self.max_elapsed
+
+    def gives_up(self, attempt: int, started: float, next_delay: float) -> bool:
+        return self.exhausted(attempt, time.monotonic() - started, next_delay)
+
+
+class Throttle:
+    """A "not before" time set by 429s, shared by every sender of the process
+    (``process_throttle``), so a rate-limited API is not hammered from eight sinks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._not_before = 0.0
+
+    def defer(self, seconds: float) -> None:
+        with self._lock:
+            self._not_before = max(self._not_before, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        """Seconds until sending may resume (0: now)."""
+        return max(0.0, self._not_before - time.monotonic())
+
+    def wait(self, seconds: float = 0.0, stop: threading.Event | None = None) -> bool:
+        """Sleep ``seconds`` and past any deferral; False if ``stop`` was set meanwhile."""
+        deadline = time.monotonic() + seconds
+        stop = stop or threading.Event()
+        while (left := max(deadline - time.monotonic(), self.remaining())) > 0:
+            if stop.wait(min(left, 1.0)):
+                return False
+        return not stop.is_set()
+
+
+class FixedLimit:
+    """At most ``limit`` requests in flight (Little's law: rate = limit / latency)."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self._used >= self._limit:
+                return False
+            self._used += 1
+            return True
+
+    def release(self, latency: float = 0.0, overloaded: bool = False) -> None:
+        with self._lock:
+            self._used = max(0, self._used - 1)
+
+
+_SHARED: dict[tuple, object] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared(key: tuple, make):
+    with _SHARED_LOCK:
+        got = _SHARED.get(key)
+        if got is None:
+            got = _SHARED[key] = make()
+        return got
+
+
+def process_limit(cfg: FlexpriceOutput) -> FixedLimit:
+    """One limiter per process and endpoint: an SDK worker holds several sink instances
+    (every Flink subtask of a TaskManager; many Dataflow bundles), and ``max_in_flight``
+    is the endpoint's, not each instance's."""
+    return _shared(("limit", cfg.scheme, cfg.api_host, cfg.max_in_flight),
+                   lambda: FixedLimit(cfg.max_in_flight))
+
+
+def process_throttle(cfg: FlexpriceOutput) -> Throttle:
+    """One Retry-After deferral per process and endpoint."""
+    return _shared(("throttle", cfg.scheme, cfg.api_host), Throttle)

@@ -1,0 +1,317 @@
+"""``WriteToFlexprice``: the batched Flexprice sink.
+
+Lists of prepared events go into a per-bundle buffer that is cut into API batches by
+count, bytes or age and handed to the ``Executor``, which keeps up to ``max_in_flight``
+requests per process in flight while the bundle thread carries on with the next elements.
+A bundle only finishes once every batch it took was accepted or dead-lettered: that is
+what makes a runner's checkpoint (and Kafka offset commit) never run ahead of Flexprice.
+Metrics are counted on the bundle thread, where Beam's metric container lives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from flexprice_beam.core import live
+from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
+from flexprice_beam.core.events import dead_letter
+from flexprice_beam.core.offsets import TRACKER as OFFSETS
+from flexprice_beam.core.offsets import Partition, kafka_position
+from flexprice_beam.io.flexprice.executor import Delivery, Executor, Outcome
+from flexprice_beam.io.flexprice.policy import (
+    FlexpriceAuthError,
+    RetryPolicy,
+    process_limit,
+    process_throttle,
+)
+from flexprice_beam.io.flexprice.transport import HttpTransport, Transport
+from flexprice_beam.transforms.mapping import DEAD_LETTER
+from flexprice_beam.transforms.validate import Prepared
+
+log = logging.getLogger("flexprice_beam.sink")
+
+_ENVELOPE = len(b'{"events":[]}')
+
+
+def delivery_dead_letter(d: Delivery) -> dict:
+    return dead_letter("delivery", d.reason or "rejected", record=d.item.record,
+                       event=d.item.event, status=d.status)
+
+
+def executor_for(cfg: FlexpriceOutput, transport: Transport | None = None) -> Executor:
+    """The engine for ``cfg``: its transport, retry policy, and the process's limit and
+    throttle."""
+    return Executor(transport or HttpTransport(cfg), RetryPolicy.from_config(cfg.retry),
+                    process_limit(cfg), process_throttle(cfg), single=cfg.mode == "single")
+
+
+@dataclass(slots=True)
+class Delivered:
+    """The sink's main output, one per API batch: how many events Flexprice accepted and,
+    for Kafka records, the highest accepted offset per partition. Deliberately small: Beam
+    samples element sizes by encoding them, and the events themselves are not needed here."""
+
+    count: int
+    offsets: dict[Partition, int]
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> Delivered:
+        best: dict[Partition, int] = {}
+        for part in outcome.accepted:
+            if not part or kafka_position(part[0].record.origin) is None:
+                continue  # one source per pipeline: not Kafka, no per-event look
+            for item in part:
+                key, offset = kafka_position(item.record.origin)
+                if offset > best.get(key, -1):
+                    best[key] = offset
+        return cls(outcome.accepted_count, best)
+
+
+class BatchBuffer:
+    """Cuts a stream of events into API batches by count and body size."""
+
+    def __init__(self, max_count: int, max_bytes: int):
+        self.max_count = max_count
+        self.max_bytes = min(max_bytes, MAX_BODY_BYTES)
+        self.items: list[Prepared] = []
+        self.size = _ENVELOPE
+        self.since = 0.0
+
+    def add(self, item: Prepared) -> list[list[Prepared]]:
+        """Add one event; return the batches that became full (usually none)."""
+        full = []
+        extra = len(item.body) + 1
+        if self.items and self.size + extra > self.max_bytes:
+            full.append(self.take())
+        if not self.items:
+            self.since = time.monotonic()
+        self.items.append(item)
+        self.size += extra
+        if len(self.items) >= self.max_count:
+            full.append(self.take())
+        return full
+
+    def extend(self, items: list[Prepared]) -> list[list[Prepared]]:
+        """Add a list of events; return the batches that became full.
+
+        Whole slices at a time: lists arrive about batch-sized and far below the byte
+        limit, so the per-event work is one ``len`` (falls back to ``add`` near the limit).
+        """
+        full = []
+        i, n = 0, len(items)
+        while i < n:
+            chunk = items[i:i + self.max_count - len(self.items)]
+            extra = sum([len(x.body) for x in chunk]) + len(chunk)
+            if self.size + extra > self.max_bytes:
+                for item in chunk:
+                    full.extend(self.add(item))
+            else:
+                if not self.items:
+                    self.since = time.monotonic()
+                    self.items = chunk
+                else:
+                    self.items.extend(chunk)
+                self.size += extra
+                if len(self.items) >= self.max_count:
+                    full.append(self.take())
+            i += len(chunk)
+        return full
+
+    def take(self) -> list[Prepared]:
+        items, self.items, self.size = self.items, [], _ENVELOPE
+        return items
+
+    def age(self) -> float:
+        return time.monotonic() - self.since if self.items else 0.0
+
+    def cut(self, items: list[Prepared]) -> list[list[Prepared]]:
+        """All of ``items`` as batches, the last one possibly short."""
+        batches = self.extend(items)
+        return batches + [self.take()] if self.items else batches
+
+
+def _in_global_window(out):
+    """finish_bundle outputs must carry their window explicitly."""
+    if isinstance(out, beam.pvalue.TaggedOutput):
+        return beam.pvalue.TaggedOutput(out.tag, _in_global_window(out.value))
+    return WindowedValue(out, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+
+class _FlexpriceSinkFn(beam.DoFn):
+    """list[Prepared] → one ``Delivered`` per API batch, dead letters on ``dead_letter``.
+
+    Age-based flush for bundles that never end (an unbounded source on one worker): a timer
+    thread cuts batches older than ``batching.period`` and, only while the bundle thread is
+    outside this DoFn, drives the executor once (``poll(0)``, never blocking) so they go out
+    and their permits come back; what finished is counted by the bundle thread next time.
+    """
+
+    def __init__(self, cfg: FlexpriceOutput,
+                 transport: Callable[[FlexpriceOutput], Transport] | None = None):
+        self._cfg = cfg
+        self._transport = transport
+        self._accepted = live.counter("events_accepted")
+        self._dead = live.counter("events_dead_lettered_delivery")
+        self._batches = live.counter("batches_sent")
+        self._requests = live.counter("requests_sent")
+        self._retries = live.counter("retries")
+        self._throttled = live.counter("cumulativeThrottlingSeconds")
+        self._latency = live.distribution("request_latency_ms")
+        self._size = live.distribution("batch_size_events")
+        self._in_flight = live.gauge("batches_in_flight")
+        self._retry_causes: dict[str, object] = {}
+
+    def setup(self) -> None:
+        cfg = self._cfg
+        self._engine = executor_for(cfg, self._transport(cfg) if self._transport else None)
+        self._max_pending = cfg.max_in_flight * 2  # bounded memory: the rest waits upstream
+        self._buffer = BatchBuffer(cfg.batching.count, cfg.batching.byte_size)
+        self._lock = threading.Lock()  # the buffer and ``_ready``: bundle thread and timer
+        self._ready: list[Outcome] = []
+        self._inside = False  # the bundle thread is in process/finish_bundle
+        self._throttle_carry = 0.0
+        log.info("Flexprice output connected and ready (%s, mode=%s, max_in_flight=%d)",
+                 self._engine.transport.base_url, cfg.mode, cfg.max_in_flight)
+        self._stop_timer = threading.Event()
+        self._timer = threading.Thread(target=self._flush_aged, name="flexprice-flush",
+                                       daemon=True)
+        self._timer.start()
+
+    def teardown(self) -> None:
+        self._stop_timer.set()
+        self._timer.join(timeout=5)
+        self._engine.close()
+
+    def start_bundle(self) -> None:
+        if self._engine.stopped.is_set():
+            raise RuntimeError("the Flexprice sink was stopped by an authentication failure")
+
+    def process(self, items: list[Prepared]):
+        self._inside = True
+        try:
+            with self._lock:
+                full = self._buffer.extend(items)
+                if self._buffer.age() >= self._cfg.batching.period:
+                    full.append(self._buffer.take())
+            for batch in full:
+                self._engine.submit(batch)
+            yield from self._collect(block=self._engine.pending >= self._max_pending)
+        finally:
+            self._inside = False
+
+    def finish_bundle(self):
+        self._inside = True
+        try:
+            with self._lock:
+                if self._buffer.items:
+                    self._engine.submit(self._buffer.take())
+            while self._busy():
+                for out in self._collect(block=True):
+                    yield _in_global_window(out)
+        finally:
+            self._inside = False
+
+    def _busy(self) -> bool:
+        with self._lock:  # the timer moves outcomes from the executor to _ready under it
+            return bool(self._engine.pending or self._ready)
+
+    def _collect(self, block: bool):
+        """Drive the executor; with ``block``, until at least one batch is done."""
+        while True:
+            try:
+                done = self._engine.poll(0.05 if block else 0.0)
+            except FlexpriceAuthError as exc:
+                live.LIVE.stop(str(exc))  # /ping turns 503 before the runner gives up
+                raise
+            with self._lock:
+                if self._ready:
+                    done, self._ready = self._ready + done, []
+            for outcome in done:
+                yield from self._account(outcome)
+            self._in_flight.set(self._engine.pending)
+            if done or not block or not self._engine.pending:
+                return
+
+    def _flush_aged(self) -> None:
+        period = max(self._cfg.batching.period, 0.01)
+        while not self._stop_timer.wait(min(period / 4, 0.25)):
+            with self._lock:
+                batch = self._buffer.take() if self._buffer.age() >= period else None
+            if batch:
+                self._engine.submit(batch)
+            if self._inside or not self._engine.pending:
+                continue
+            with self._lock:
+                try:
+                    self._ready.extend(self._engine.poll(0.0, wait_lock=False))
+                except FlexpriceAuthError:
+                    pass  # raised again to the bundle thread on its next poll
+
+    def _account(self, outcome: Outcome):
+        self._batches.inc()
+        self._requests.inc(outcome.requests)
+        for seconds in outcome.latencies:
+            self._latency.update(int(seconds * 1000))
+        for n in outcome.sizes:
+            self._size.update(n)
+        if outcome.throttled:  # a Beam counter counts whole seconds: carry the rest
+            self._throttle_carry += outcome.throttled
+            whole = int(self._throttle_carry)
+            if whole:
+                self._throttled.inc(whole)
+                self._throttle_carry -= whole
+        for cause, n in outcome.retries.items():
+            self._retries.inc(n)
+            counter = self._retry_causes.get(cause)
+            if counter is None:
+                counter = self._retry_causes[cause] = live.counter(f"retries_{cause}")
+            counter.inc(n)
+        self._accepted.inc(outcome.accepted_count)
+        for part in outcome.accepted:  # one per batch, for ``run --read-back``
+            if part and live.LIVE.sampling:
+                live.LIVE.sample_accepted(part[0].event["event_id"], part[0].event["timestamp"])
+        if OFFSETS.enabled:  # dead letters: once written (dead_letter.py)
+            for item in outcome.accepted_items():
+                OFFSETS.done(item.record.origin)
+        for d in outcome.failed:
+            self._dead.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, delivery_dead_letter(d))
+        yield Delivered.of(outcome)
+
+
+class WriteResult:
+    """What a Flexprice write produced, as BigQuery's ``WriteResult``: ``deliveries`` (one
+    ``Delivered`` per API batch) and ``failed`` (dead letters); None where a sink (a dry run,
+    a benchmark's no-op) produces no such collection."""
+
+    def __init__(self, deliveries: beam.PCollection | None = None,
+                 failed: beam.PCollection | None = None):
+        self.deliveries = deliveries
+        self.failed = failed
+
+
+class WriteToFlexprice(beam.PTransform):
+    """PCollection[list[Prepared]] → ``WriteResult`` via ``POST /v1/events/bulk``.
+
+    ``transport`` builds the transport on the worker (tests pass a fake; default HTTP).
+    """
+
+    def __init__(self, cfg: FlexpriceOutput,
+                 transport: Callable[[FlexpriceOutput], Transport] | None = None):
+        super().__init__()
+        self._cfg = cfg
+        self._transport = transport
+
+    def expand(self, pcoll) -> WriteResult:
+        out = pcoll | "PostBatches" >> beam.ParDo(
+            _FlexpriceSinkFn(self._cfg, self._transport)).with_outputs(DEAD_LETTER,
+                                                                       main="deliveries")
+        return WriteResult(out.deliveries, out[DEAD_LETTER])
