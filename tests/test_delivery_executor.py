@@ -247,3 +247,15 @@ def test_the_aged_flush_sends_while_the_bundle_thread_is_away():
     finally:
         fn.teardown()
     assert fakes[0].closed
+
+
+def test_close_gives_the_permits_of_abandoned_requests_back():
+    fake = FakeTransport(lambda path, body: (Answer(202, ""), 5.0))
+    limit = FixedLimit(2)
+    engine = Executor(fake, RetryPolicy(), limit, Throttle())
+    engine.submit(_items(0, 2))
+    engine.submit(_items(2, 2))
+    engine.poll(0.0)
+    assert engine.in_flight == 2 and not limit.try_acquire()
+    engine.close()  # a failed bundle's teardown: never acknowledged, never counted
+    assert fake.closed and limit.try_acquire() and limit.try_acquire()

@@ -1,7 +1,6 @@
 """The error table's pieces: answer classification, Retry-After, backoff, throttle."""
 
 import random
-import threading
 import time
 
 import pytest
@@ -47,14 +46,22 @@ def test_gives_up_by_attempts_and_elapsed():
 
 
 def test_throttle_defers_everyone_and_stops():
+    from flexprice_beam.io.flexprice.executor import deliver
+    from flexprice_beam.io.flexprice.policy import FlexpriceAuthError
+    from tests.test_delivery_executor import FakeTransport, _engine, _items
+
     t = Throttle()
     t.defer(0.2)
+    fake = FakeTransport()
+    engine = _engine(fake, throttle=t)  # waits in the executor, not in a sleeping thread
     began = time.monotonic()
-    assert t.wait()
-    assert time.monotonic() - began >= 0.19
-    stop = threading.Event()  # the executor's stop flag (an auth failure)
-    stop.set()
-    assert not t.wait(5, stop)
+    assert [o.accepted_count for o in deliver(engine, [_items(0, 2)])] == [2]
+    assert fake.sent[0][0] - began >= 0.19
+    engine.stopped.set()  # as after an auth failure
+    engine.submit(_items(2, 2))
+    with pytest.raises(FlexpriceAuthError):
+        engine.poll(5)
+    assert len(fake.sent) == 1
 
 
 def _out(**kw):

@@ -1,17 +1,12 @@
 """``Executor``: every request to Flexprice, first attempts and retries alike, from one thread.
 
-Why one thread: with a Python thread per request in flight every answer has to win the GIL
-back from the bundle thread, and those hand-offs cost the pipeline more CPU than the HTTP
-itself (~1 µs per event at 500 per request, docs/benchmarks.md).  Here the caller submits
-batches and calls ``poll`` between elements: it starts what the concurrency limit and the
-process's Retry-After deferral allow, reads the answers whose sockets are readable, and
-carries out ``policy.decide``'s action — accept, retry at a later time, split a rejected
-batch into halves (resubmitted like any batch), dead-letter, or stop.  A submitted batch
-comes back from ``poll`` as one ``Outcome`` once every event of it is accepted or
-dead-lettered.
-
-Per-event log lines follow the seed ("📤 Sending event …", "✅ Event accepted …"): every
-event at DEBUG, a sample (the first few, then every 1000th) at INFO.
+Why one thread: with a thread per request every answer has to win the GIL back from the
+bundle thread, and those hand-offs cost more CPU than the HTTP itself (docs/benchmarks.md).
+The caller submits batches and calls ``poll`` between elements: it starts what the limit and
+the process's Retry-After allow, reads the answers that are readable and carries out
+``policy.decide``'s action (accept, retry later, split into halves, dead-letter, stop).  A
+batch comes back from ``poll`` as one ``Outcome`` once each of its events is accepted or
+dead-lettered.  Per-event log lines follow the seed (every event at DEBUG, a sample at INFO).
 """
 
 from __future__ import annotations
@@ -154,14 +149,12 @@ class Executor:
                 for ex in self.transport.ready(wait):
                     self._answered(ex)
                 self._start()
-            elif timeout and (self._fresh or self._later) and not self._done:
+            elif timeout and self.waiting and not self._done:
                 # nothing of ours in flight: a retry is due later, a 429 defers us, or every
                 # permit is held by another sink instance of this process
-                held = self.throttle.remaining()
-                waits = [timeout, held or timeout, 0.005 if self._fresh and not held else timeout]
-                if self._later:
-                    waits.append(self._later[0][0] - time.monotonic())
-                self.stopped.wait(max(0.0, min(waits)))
+                due = self._later[0][0] - time.monotonic() if self._later else timeout
+                held = self.throttle.remaining() or (0.005 if self._fresh else timeout)
+                self.stopped.wait(max(0.0, min(timeout, due, held)))
                 self._start()
             done, self._done = self._done, []
             return done
@@ -174,9 +167,13 @@ class Executor:
             yield from self.poll(timeout)
 
     def close(self) -> None:
+        """Abandon what is in flight (never acknowledged, so never counted): its permits
+        go back to the process's other senders."""
+        with self._lock:
+            for _ in range(self._in_flight):
+                self.limit.release()
+            self._in_flight = 0
         self.transport.close()
-
-    # -- internals --------------------------------------------------------------------------
 
     def _start(self) -> None:
         if self.stopped.is_set():

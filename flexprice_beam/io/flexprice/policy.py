@@ -1,17 +1,12 @@
 """What to do with each answer from Flexprice: the seed's error table as one pure function.
 
-``decide`` maps an ``Answer`` (status, Retry-After, body, transport error) plus the attempt,
-the time spent and the retry settings to an ``Action``; the transport only reports what
-happened and the executor only carries the action out.  Kept apart like Beam's
-``requestresponse`` keeps its ``Repeater`` and throttler apart from its ``Caller``.
-
-* 2xx: accept.
-* 400 (and other 4xx): the batch holds bad events; split it until they stand alone, then
-  dead-letter them with the server's answer (resends are byte-identical: Flexprice dedups).
-* 401/403, a certificate that does not verify, a proxy refusing our credentials: stop.
-* 408, 429, 5xx, connection errors, timeouts: retry after the backoff (or Retry-After);
-  once the time budget (or the opt-in attempt limit, or a shutdown's grace) is spent,
-  dead-letter with the last error rather than lose the events.
+``decide`` maps an ``Answer`` plus the attempt, the time spent and the retry settings to an
+``Action`` (README, "Error handling"): 2xx accept; other 4xx split the batch until the bad
+events stand alone, then dead-letter them; 401/403, a certificate that does not verify or a
+proxy refusing our credentials stop; 408, 429, 5xx and network errors retry until the time
+budget (or a shutdown's grace) is spent, then dead-letter.  The transport only reports and
+the executor only acts, as Beam's ``requestresponse`` keeps its ``Repeater`` apart from its
+``Caller``.  Also here: the process-wide throttle and concurrency limit.
 """
 
 from __future__ import annotations
@@ -210,38 +205,19 @@ class Throttle:
         """Seconds until sending may resume (0: now)."""
         return max(0.0, self._not_before - time.monotonic())
 
-    def wait(self, seconds: float = 0.0, stop: threading.Event | None = None) -> bool:
-        """Sleep ``seconds`` and past any deferral; False if ``stop`` was set meanwhile."""
-        deadline = time.monotonic() + seconds
-        stop = stop or threading.Event()
-        while (left := max(deadline - time.monotonic(), self.remaining())) > 0:
-            if stop.wait(min(left, 1.0)):
-                return False
-        return not stop.is_set()
-
 
 class FixedLimit:
     """At most ``limit`` requests in flight (Little's law: rate = limit / latency)."""
 
     def __init__(self, limit: int):
-        self._limit = limit
-        self._used = 0
-        self._lock = threading.Lock()
-
-    @property
-    def limit(self) -> int:
-        return self._limit
+        self.limit = limit
+        self._permits = threading.BoundedSemaphore(limit)
 
     def try_acquire(self) -> bool:
-        with self._lock:
-            if self._used >= self._limit:
-                return False
-            self._used += 1
-            return True
+        return self._permits.acquire(blocking=False)
 
     def release(self, latency: float = 0.0, overloaded: bool = False) -> None:
-        with self._lock:
-            self._used = max(0, self._used - 1)
+        self._permits.release()
 
 
 _SHARED: dict[tuple, object] = {}

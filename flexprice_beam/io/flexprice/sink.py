@@ -1,16 +1,16 @@
 """``WriteToFlexprice``: the batched Flexprice sink.
 
-Lists of prepared events go into a per-bundle buffer that is cut into API batches by
-count, bytes or age and handed to the ``Executor``, which keeps up to ``max_in_flight``
-requests per process in flight while the bundle thread carries on with the next elements.
-A bundle only finishes once every batch it took was accepted or dead-lettered: that is
-what makes a runner's checkpoint (and Kafka offset commit) never run ahead of Flexprice.
+Lists of prepared events are cut into API batches by count, bytes or age and handed to the
+``Executor``, which keeps up to ``max_in_flight`` requests per process in flight while the
+bundle thread carries on.  A bundle only finishes once every batch it took was accepted or
+dead-lettered: so a checkpoint (and Kafka offset commit) never runs ahead of Flexprice.
 Metrics are counted on the bundle thread, where Beam's metric container lives.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -177,7 +177,6 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._lock = threading.Lock()  # the buffer and ``_ready``: bundle thread and timer
         self._ready: list[Outcome] = []
         self._inside = False  # the bundle thread is in process/finish_bundle
-        self._throttle_carry = 0.0
         log.info("Flexprice output connected and ready (%s, mode=%s, max_in_flight=%d)",
                  self._engine.transport.base_url, cfg.mode, cfg.max_in_flight)
         self._stop_timer = threading.Event()
@@ -262,12 +261,8 @@ class _FlexpriceSinkFn(beam.DoFn):
             self._latency.update(int(seconds * 1000))
         for n in outcome.sizes:
             self._size.update(n)
-        if outcome.throttled:  # a Beam counter counts whole seconds: carry the rest
-            self._throttle_carry += outcome.throttled
-            whole = int(self._throttle_carry)
-            if whole:
-                self._throttled.inc(whole)
-                self._throttle_carry -= whole
+        if outcome.throttled:  # whole seconds, rounded up as Beam's Datastore IO does
+            self._throttled.inc(math.ceil(outcome.throttled))
         for cause, n in outcome.retries.items():
             self._retries.inc(n)
             counter = self._retry_causes.get(cause)

@@ -1,15 +1,12 @@
 """``HttpTransport``: requests to Flexprice on keep-alive ``http.client`` connections.
 
-It reports what happened (an ``Answer``) and decides nothing: retrying, splitting and
-stopping are ``policy.decide``'s.  The hot path is non-blocking: ``send`` writes a request
-on an idle (or new) connection and returns, ``ready`` says which answers can be read
-(selectors) or timed out, ``read`` reads one; ``request`` is the three in a row.
-
-Why not ``requests``: sending shares the GIL (and mostly the thread) with the pipeline, and a
-100 KB bulk POST costs ~0.5 ms of Python in ``requests`` against ~0.05 ms in ``http.client``
-(docs/benchmarks.md).  What ``requests`` gave us is kept: certificates verified against
-certifi's bundle (or ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``), ``HTTPS_PROXY``/``NO_PROXY``,
-and a pooled connection the server closed while idle is replaced before it is reused.
+It reports what happened (an ``Answer``) and decides nothing (that is ``policy.decide``).
+Non-blocking: ``send`` writes a request and returns, ``ready`` says which answers can be read
+or timed out, ``read`` reads one; ``request`` is the three in a row (check, read-back).
+Why not ``requests``: a 100 KB bulk POST costs ~0.5 ms of Python there against ~0.05 ms in
+``http.client``, on the pipeline's own thread (docs/benchmarks.md).  Kept from it: certifi's
+CA bundle (or ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``), ``HTTPS_PROXY``/``NO_PROXY``, and
+idle connections the server closed replaced before reuse.
 """
 
 from __future__ import annotations
@@ -123,12 +120,6 @@ class HttpTransport:
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("HttpTransport holds live connections; build one per worker in setup()")
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._busy) + len(self._done)
-
-    # -- the non-blocking exchange ----------------------------------------------------------
-
     def send(self, path: str, body: bytes | None, tag: Any = None, method: str = "POST",
              recheck: float | None = None) -> Exchange:
         """Write a request and return; its answer comes out of ``ready``."""
@@ -185,8 +176,6 @@ class HttpTransport:
         self._selector.unregister(ex.conn.sock)
         return ex
 
-    # -- blocking calls (the seed's one-at-a-time use, check, read-back) ---------------------
-
     def request(self, method: str, path: str, body: bytes | None = None) -> Answer:
         """Send and wait for the answer (the socket's timeout bounds each read)."""
         ex = self.send(path, body, method=method, recheck=0.0)  # seldom: always check
@@ -198,9 +187,6 @@ class HttpTransport:
 
     def post_bulk(self, bodies: list[bytes]) -> Answer:
         return self.request("POST", BULK_PATH, bulk_body(bodies))
-
-    def post_single(self, body: bytes) -> Answer:
-        return self.request("POST", SINGLE_PATH, body)
 
     def get_json(self, path: str) -> tuple[Answer, Any]:
         answer = self.request("GET", path)
@@ -219,24 +205,17 @@ class HttpTransport:
         self._idle.clear()
         self._done.clear()
 
-    # -- connections and errors -------------------------------------------------------------
-
     def _connection(self, recheck: float) -> http.client.HTTPConnection:
-        # A connection answered less than RECHECK_IDLE ago is reused without asking the
-        # kernel: servers close keep-alive connections after seconds of idleness, and the
-        # zero-timeout select() gave the GIL away on every request, stalling the bundle
-        # thread behind the gRPC reader (a quarter of the collector's samples on Prism).
-        # If one was closed anyway, the send fails and is retried like any connection error.
+        # A connection answered less than ``recheck`` ago is reused without asking the kernel:
+        # the zero-timeout select() gives the GIL away, stalling the bundle thread behind the
+        # gRPC reader (a quarter of the collector's samples on Prism). If the server closed
+        # it anyway, the send fails and is retried like any connection error.
         while self._idle:
             conn, since = self._idle.pop()
             if time.monotonic() - since < recheck or not dropped(conn):
                 return conn
             conn.close()
-        return self.new_connection()
-
-    def new_connection(self) -> http.client.HTTPConnection:
-        """A connection of the caller's own (it connects on first use)."""
-        if self._proxy is None:
+        if self._proxy is None:  # a new one (it connects on first use)
             if self._https:
                 return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
                                                    context=self._ssl)
