@@ -44,6 +44,10 @@ _HELP = {
     "retries": "Requests retried (429, 5xx, connection errors, timeouts)",
     "requests_sent": "HTTP requests to Flexprice",
     "batches_sent": "API batches completed",
+    "cumulativeThrottlingSeconds": "Seconds requests were held back by backoff and Retry-After "
+                                   "(Beam's standard throttling counter)",
+    "request_latency_ms": "Flexprice request latency",
+    "batch_size_events": "Events per request to Flexprice",
 }
 
 
@@ -93,7 +97,7 @@ class _LiveCollector:
                                 "Events read but not yet accepted, dead-lettered or filtered",
                                 value=rec["in_flight"])
         for name, d in sorted(snap["distributions"].items()):
-            yield SummaryMetricFamily(f"flexprice_{name}", "Flexprice request latency",
+            yield SummaryMetricFamily(f"flexprice_{name}", _HELP.get(name, name),
                                       count_value=d["count"], sum_value=d["sum"])
         yield GaugeMetricFamily("flexprice_up", "1 while the collector can deliver",
                                 value=1 if self._live.healthy else 0)
