@@ -51,12 +51,9 @@ class Delivery:
 
 @dataclass
 class Outcome:
-    """One submitted batch's results plus what it cost, for metrics on the caller's thread.
-
-    Accepted events are kept as the caller's own lists (no object per event: at 200k
-    events/s a per-event report costs more than the HTTP request); only failures get a
-    ``Delivery`` each.
-    """
+    """One submitted batch's results and costs, for metrics on the caller's thread. Accepted
+    events stay the caller's lists (an object per event costs more than the HTTP request at
+    200k events/s); only failures get a ``Delivery`` each."""
 
     accepted: list[list[Prepared]] = field(default_factory=list)
     failed: list[Delivery] = field(default_factory=list)
@@ -134,10 +131,9 @@ class Executor:
                 self._fresh.append(_Job(items, outcome, BULK_PATH))
 
     def poll(self, timeout: float = 0.0, wait_lock: bool = True) -> list[Outcome]:
-        """Start what may start, read what answered (waiting up to ``timeout`` for something
-        to happen) and return the batches that are done.  Raises ``FlexpriceAuthError``
-        once a stop was decided.  ``wait_lock=False``: return at once if another thread
-        is polling."""
+        """Start what may start, read what answered (waiting up to ``timeout``), return the
+        batches that are done; raise ``FlexpriceAuthError`` once stopped.  ``wait_lock=False``:
+        return at once if another thread is polling."""
         if not self._lock.acquire(blocking=wait_lock):
             return []
         try:

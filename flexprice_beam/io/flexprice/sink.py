@@ -100,11 +100,8 @@ class BatchBuffer:
         return full
 
     def extend(self, items: list[Prepared]) -> list[list[Prepared]]:
-        """Add a list of events; return the batches that became full.
-
-        Whole slices at a time: lists arrive about batch-sized and far below the byte
-        limit, so the per-event work is one ``len`` (falls back to ``add`` near the limit).
-        """
+        """``add`` for a list, whole slices at a time: lists arrive about batch-sized and far
+        below the byte limit, so the per-event work is one ``len`` (``add`` near the limit)."""
         full = []
         i, n = 0, len(items)
         while i < n:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+import certifi
 import orjson
 
 from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
@@ -167,9 +168,7 @@ class HttpTransport:
             conn.close()
         else:
             self._idle.append((conn, time.monotonic()))
-        return Answer(resp.status, data.decode("utf-8", "replace"),
-                      parse_retry_after(resp.getheader("Retry-After")),
-                      latency=time.monotonic() - ex.started)
+        return _answer(resp, data, ex.started)
 
     def _release(self, fd: int) -> Exchange:
         ex = self._busy.pop(fd)
@@ -229,20 +228,16 @@ class HttpTransport:
 
     def _early_answer(self, conn: http.client.HTTPConnection, exc: BaseException,
                       body: bytes | None, started: float) -> Answer:
-        """Sending failed. Flexprice answers a body over its 32 MiB cap with 400 and
-        ``Connection: close`` before reading it all, so the write breaks: that 400 may already
-        be waiting in the socket — read it. A body over the cap that broke without any answer
-        is that same 400 (resending it whole can never succeed; splitting it can), not a
-        network error to retry."""
+        """Sending failed. Flexprice answers a body over its 32 MiB cap with 400 and closes
+        before reading it all, so the write breaks: read that 400 if it is there. A body over
+        the cap that broke without an answer is that same 400 (splitting can succeed,
+        resending it whole never), not a network error to retry."""
         if isinstance(exc, OSError) and not isinstance(exc, TimeoutError) \
                 and conn.sock is not None:
             try:
                 conn.sock.settimeout(min(self._timeout, 2.0))  # the peer has hung up already
                 resp = conn.getresponse()
-                data = resp.read()
-                return Answer(resp.status, data.decode("utf-8", "replace"),
-                              parse_retry_after(resp.getheader("Retry-After")),
-                              latency=time.monotonic() - started)
+                return _answer(resp, resp.read(), started)
             except _ERRORS:
                 pass
         if isinstance(exc, OSError) and body is not None and len(body) > MAX_BODY_BYTES:
@@ -271,6 +266,12 @@ class HttpTransport:
         return text
 
 
+def _answer(resp: http.client.HTTPResponse, data: bytes, started: float) -> Answer:
+    return Answer(resp.status, data.decode("utf-8", "replace"),
+                  parse_retry_after(resp.getheader("Retry-After")),
+                  latency=time.monotonic() - started)
+
+
 def dropped(conn: http.client.HTTPConnection) -> bool:
     """The peer closed an idle keep-alive connection (readable with nothing asked: EOF)."""
     sock = conn.sock
@@ -291,14 +292,7 @@ def _ssl_context(verify: bool) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") \
-        or os.environ.get("SSL_CERT_FILE")
-    if not cafile:
-        try:
-            import certifi
-
-            cafile = certifi.where()
-        except ImportError:
-            cafile = None
+        or os.environ.get("SSL_CERT_FILE") or certifi.where()  # certifi: requests' own
     return ssl.create_default_context(cafile=cafile)
 
 
