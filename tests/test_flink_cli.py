@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.launch import flink
-from tests.conftest import make_config
+from tests.support import config_data, config_file, generate, make_config
 
 
 def test_beam_args_translate_the_cli_conveniences(monkeypatch):
@@ -61,13 +61,20 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+def _no_events(mock, tmp_path):
+    """An unbounded generator of nothing, the key from ``FLEXPRICE_API_KEY``, all else the
+    product's defaults."""
+    return config_file(config_data(
+        mock, tmp_path, input=generate(0, seed=None, start_time=None), fast=False,
+        api_key=None, flexprice={"api_key_env": "FLEXPRICE_API_KEY"}, dead_letters=None),
+        tmp_path / "c.yaml")
+
+
 def test_unreachable_cluster_is_exit_2_naming_what_is_missing(mock_api, tmp_path, monkeypatch,
                                                               capfd):
     port = _closed_port()
     monkeypatch.setenv("FLEXPRICE_FLINK_JOB_ENDPOINT", f"127.0.0.1:{port}")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"input: {{generate: {{count: 0}}}}\noutput: {{flexprice: {{api_host: "
-                   f"'{mock_api.host_port}', api_key_env: FLEXPRICE_API_KEY, scheme: http}}}}\n")
+    cfg = _no_events(mock_api, tmp_path)
     started = time.monotonic()
     rc = cli_main(["run", "-c", str(cfg), "--runner", "flink", "--flink-master",
                    f"127.0.0.1:{port}"])
@@ -78,9 +85,7 @@ def test_unreachable_cluster_is_exit_2_naming_what_is_missing(mock_api, tmp_path
 
 
 def test_bad_checkpointing_interval_is_exit_2(mock_api, tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"input: {{generate: {{count: 0}}}}\noutput: {{flexprice: {{api_host: "
-                   f"'{mock_api.host_port}', api_key_env: FLEXPRICE_API_KEY, scheme: http}}}}\n")
+    cfg = _no_events(mock_api, tmp_path)
     assert cli_main(["run", "-c", str(cfg), "--runner", "flink",
                      "--checkpointing-interval", "soon"]) == 2
 

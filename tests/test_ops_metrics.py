@@ -12,8 +12,8 @@ from flexprice_beam.cli import main as cli_main
 from flexprice_beam.core.live import LIVE, LiveRegistry, stage_counts
 from flexprice_beam.launch.metrics_server import MetricsServer, parse_address
 from flexprice_beam.launch.runner import run
-from tests.conftest import API_KEY, make_config
-from tests.ops_helpers import config_file, free_port, get, stats, wait_for
+from tests.ops_helpers import free_port, get, stats, wait_for
+from tests.support import API_KEY, config_file, make_config
 
 
 def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:

@@ -27,7 +27,7 @@ from flexprice_beam.io.secrets import ENV_PROVIDER, SecretError, resolve_api_key
 from flexprice_beam.launch.runner import pipeline_options, run
 from flexprice_beam.pipelines import collector
 from tests import secret_scan
-from tests.conftest import make_config
+from tests.support import kafka_input, make_config
 from tests.test_dataflow_translation import DATAFLOW_ARGS, translate
 
 HOST = "api.cloud.flexprice.io"
@@ -276,12 +276,11 @@ def test_a_local_sasl_ssl_run_reads_the_password_from_the_environment(broker, ex
     # the expansion service JVM was started with this process's environment (conftest)
     assert broker["KAFKA_SASL_PASSWORD"] == os.environ.get("KAFKA_SASL_PASSWORD"), \
         "run with `eval \"$(scripts/kafka.sh env)\"` (scripts/test.sh does)"
-    cfg = make_config(mock_api, tmp_path, input_={"kafka": {
-        "addresses": [broker["KAFKA_BOOTSTRAP_SASL_SSL"]], "topics": [topic],
-        "consumer_group": f"g-{topic}", "max_records": 30, "max_read_time": "60s",
-        "sasl": {"mechanism": "SCRAM-SHA-512", "user": broker["KAFKA_SASL_USERNAME"],
-                 "password_env": "KAFKA_SASL_PASSWORD"},
-        "tls": {"enabled": True, "ca_file": broker["KAFKA_CA_PEM"]}}})
+    cfg = make_config(mock_api, tmp_path, input_=kafka_input(
+        topic, broker["KAFKA_BOOTSTRAP_SASL_SSL"], max_records=30, max_read_time="60s",
+        sasl={"mechanism": "SCRAM-SHA-512", "user": broker["KAFKA_SASL_USERNAME"],
+              "password_env": "KAFKA_SASL_PASSWORD"},
+        tls={"enabled": True, "ca_file": broker["KAFKA_CA_PEM"]}))
     summary = run(cfg)
     assert summary.ok and summary.accepted == 30, summary.render()
     assert sum(committed(f"g-{topic}", topic).values()) == 30

@@ -29,9 +29,18 @@ from flexprice_beam.core.config import KafkaInput, load_config_text
 from flexprice_beam.io.kafka import java_consumer_config, python_client_config
 from flexprice_beam.launch.runner import pipeline_options, run
 from flexprice_beam.pipelines import collector
-from tests.conftest import API_KEY, make_config, read_dead_letters
 from tests.ops_helpers import free_port, get
-from tests.reliability_helpers import cli, finish, record, write_config
+from tests.reliability_helpers import record
+from tests.support import (
+    API_KEY,
+    cli,
+    config_data,
+    config_file,
+    finish,
+    generate,
+    make_config,
+    read_dead_letters,
+)
 
 # ------------------------------------------------------------------ secrets
 
@@ -60,9 +69,10 @@ def test_the_api_key_appears_in_no_output_log_or_file(keyed_mock, tmp_path):
     mock_api.set_api_key(secret)
     seen: dict[str, str] = {}
 
-    def config(name, **kw):
-        path = write_config(tmp_path / f"{name}.yaml", mock_api.host_port, dead_letter=tmp_path / "dl",
-                            api_key="${FLEXPRICE_API_KEY}", **kw)
+    def config(name, events: dict, **kw):
+        path = config_file(config_data(mock_api, tmp_path, input=generate(**events),
+                                       dead_letters="dl", api_key="${FLEXPRICE_API_KEY}", **kw),
+                           tmp_path / f"{name}.yaml")
         return str(path)
 
     # 1. a run with every path that writes text: DEBUG logs, metrics, 400 isolation, retries,
@@ -70,7 +80,7 @@ def test_the_api_key_appears_in_no_output_log_or_file(keyed_mock, tmp_path):
     mock_api.set_faults({"seed": 1, "reject_every_nth": 40, "rate_503": 0.1, "rate_reset": 0.05,
                          "latency_ms": 20})
     metrics = free_port()
-    cfg1 = config("run", generate={"count": 1500, "customers": ["cust_001", "", "cust_002"]},
+    cfg1 = config("run", events={"count": 1500, "customers": ["cust_001", "", "cust_002"]},
                   flexprice={"max_in_flight": 2})
     proc = cli(["run", "-c", cfg1, "--log-level", "DEBUG", "--metrics-address",
                 f"127.0.0.1:{metrics}", "--summary-json", str(tmp_path / "summary.json"),

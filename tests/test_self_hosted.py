@@ -24,8 +24,7 @@ from flexprice_beam.launch.runner import run
 from flexprice_beam.ops.check import run_check
 from flexprice_beam.ops.replay import replay
 from flexprice_beam.transforms.validate import Prepared
-from tests.conftest import make_config, read_dead_letters
-from tests.ops_helpers import config_file
+from tests.support import config_file, make_config, read_dead_letters
 
 CONFIG_KEY = "sk_local_flexprice_test_key"  # the server's default local key (config file)
 ENV = "env_local"
@@ -286,7 +285,7 @@ def test_read_back_waits_a_bounded_time_and_counts_repeats_once(tmp_path):
 
 def _accepted(cfg, mock) -> list[dict]:
     """The events a generator config sends, without asking the stand-in (still queued)."""
-    from flexprice_beam.io.generate import start_time, generate_batch
+    from flexprice_beam.io.generate import generate_batch, start_time
     from flexprice_beam.transforms.mapping import Mapper
 
     gen = cfg.input.generate
