@@ -19,6 +19,24 @@ settings.register_profile("full", max_examples=10_000, **_FUZZ)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+#: Fixtures that start a service needing more than Python, and the marker a test using one
+#: must carry, so that ``pytest -m "not kafka and not flink and not s3"`` runs with Python
+#: alone (README, "Testing"): the broker (Java, installed by Maven), the Flink cluster
+#: (Java), MinIO (built with Go).
+SERVICE_FIXTURES = {"broker": "kafka", "expansion": "kafka", "cluster": "flink", "minio": "s3"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse a test that uses a service fixture without the service's marker: deselecting
+    the marker must deselect every test that needs the service."""
+    unmarked = sorted(
+        f"{item.nodeid} uses `{name}` but is not marked {marker}"
+        for item in items for name, marker in SERVICE_FIXTURES.items()
+        if name in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None)
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def _mock_server():
     from flexprice_mock.server import MockFlexprice

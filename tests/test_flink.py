@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kafka_helpers import script_env
 from tests.support import API_KEY, cli_run, config_data, config_file, kafka_input
 
 pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.slow]
@@ -47,15 +48,6 @@ def _sh(*cmd, timeout=600, check=True, env=None) -> subprocess.CompletedProcess:
                           timeout=timeout, check=check, env=env)
 
 
-def _exports(script: Path) -> dict[str, str]:
-    out = {}
-    for line in _sh(script, "env").stdout.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line[len("export "):].partition("=")
-            out[key] = value.strip().strip("'\"")
-    return out
-
-
 @pytest.fixture(scope="session")
 def cluster():
     """The real broker and Flink cluster; started here if ``scripts/test.sh`` did not."""
@@ -65,10 +57,10 @@ def cluster():
         _sh(KAFKA_SH, "start")
         _sh(KAFKA_SH, "wait")
         # the job server and TaskManagers resolve ${env:KAFKA_SASL_PASSWORD} (sasl.password_env)
-        _sh(FLINK_SH, "start", env={**os.environ, **_exports(KAFKA_SH)})
+        _sh(FLINK_SH, "start", env={**os.environ, **script_env(KAFKA_SH)})
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"{exc.cmd} failed:\n{exc.stdout}\n{exc.stderr}")
-    env = {**_exports(KAFKA_SH), **_exports(FLINK_SH)}
+    env = {**script_env(KAFKA_SH), **script_env(FLINK_SH)}
     yield env
     if not flink_up:
         _sh(FLINK_SH, "stop", check=False)

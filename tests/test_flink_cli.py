@@ -4,7 +4,6 @@ TaskManager in one Python SDK worker)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -13,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.launch import flink
+from tests.ops_helpers import free_port
 from tests.support import config_data, config_file, generate, make_config
 
 
@@ -55,12 +55,6 @@ def test_dead_letter_path_becomes_absolute_for_the_workers(mock_api, tmp_path, m
     assert flink.for_cluster(keyed).output.flexprice.api_key_file == str(tmp_path / "key.txt")
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _no_events(mock, tmp_path):
     """An unbounded generator of nothing, the key from ``FLEXPRICE_API_KEY``, all else the
     product's defaults."""
@@ -72,7 +66,7 @@ def _no_events(mock, tmp_path):
 
 def test_unreachable_cluster_is_exit_2_naming_what_is_missing(mock_api, tmp_path, monkeypatch,
                                                               capfd):
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("FLEXPRICE_FLINK_JOB_ENDPOINT", f"127.0.0.1:{port}")
     cfg = _no_events(mock_api, tmp_path)
     started = time.monotonic()

@@ -32,7 +32,7 @@ from flexprice_mock.server import MockFlexprice
 
 from tests import secret_scan
 from tests.support import cli_run, config_data, config_file, kafka_input
-from tests.test_flink import FLINK_SH, _delivered, _exports, _wait, cluster  # noqa: F401
+from tests.test_flink import FLINK_SH, _delivered, _wait, cluster  # noqa: F401
 
 pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.slow]
 
@@ -123,6 +123,7 @@ def _rest_blobs(rest, jid: str) -> dict[str, bytes]:
     return out
 
 
+@pytest.mark.promtool
 def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster, tmp_path):  # noqa: F811
     from kafka import KafkaAdminClient, KafkaProducer
     from kafka.admin import NewTopic

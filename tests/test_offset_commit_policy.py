@@ -12,24 +12,21 @@ from flexprice_beam.io.kafka import OffsetCommit
 from flexprice_beam.launch.prism import LocalPrismRunner
 from flexprice_beam.pipelines.collector import LOCAL_ENGINE, LOCAL_PRISM, offset_commit
 
-FINALIZING = ["FlinkRunner", "PortableRunner", "DataflowRunner", "SparkRunner"]
-IN_PROCESS = [LOCAL_PRISM, "PrismRunner", LOCAL_ENGINE, "DirectRunner", "BundleBasedDirectRunner"]
+#: Flink and Spark (PortableRunner to their job servers), Dataflow: finalize checkpoints;
+#: Prism (no stable input) and the in-process engines do not.
+RUNNERS = {"FlinkRunner": True, "PortableRunner": True, "DataflowRunner": True,
+           "SparkRunner": True, LOCAL_PRISM: False, "PrismRunner": False, LOCAL_ENGINE: False,
+           "DirectRunner": False, "BundleBasedDirectRunner": False}
 
 
 def options(*args: str) -> PipelineOptions:
     return PipelineOptions(list(args))
 
 
-@pytest.mark.parametrize("runner", FINALIZING)
-def test_checkpointing_runners_finalize(runner):
+@pytest.mark.parametrize("runner", list(RUNNERS))
+def test_which_runners_finalize_checkpoints(runner):
     caps = RunnerCapabilities.of(runner, options("--streaming"))
-    assert caps == RunnerCapabilities(streaming=True, finalizes_checkpoints=True)
-
-
-@pytest.mark.parametrize("runner", IN_PROCESS)
-def test_prism_and_the_local_engines_do_not(runner):
-    caps = RunnerCapabilities.of(runner, options("--streaming"))
-    assert caps == RunnerCapabilities(streaming=True, finalizes_checkpoints=False)
+    assert caps == RunnerCapabilities(streaming=True, finalizes_checkpoints=RUNNERS[runner])
 
 
 def test_from_an_instance_a_class_or_the_options():

@@ -61,56 +61,30 @@ def test_nothing_read_nothing_committable():
     assert tracker().committable() == {}
 
 
-def test_in_order_completion_commits_one_past_the_last():
+#: name: (offsets read on one partition, [(offsets then done, the commit expected after)])
+SCENARIOS = {
+    "in order: one past the last": ([0, 1, 2], [((), 0), ((0, 1, 2), 3)]),
+    "out of order: waits for the lowest": (
+        list(range(10)), [((9, 8, 5, 3, 1), 0), ((0,), 2), ((2, 4), 6), ((6, 7), 10)]),
+    # compacted topics and transaction markers leave offsets that are never read
+    "gaps are skipped": ([3, 7, 20], [((3,), 7), ((20,), 7), ((7,), 21)]),
+    # mapping.py marks a filtered record done, dead_letter.py a dead letter once written,
+    # sink.py an accepted event: the tracker sees the same ``done`` for each
+    "filtered (1) and dead-lettered (3) count as done": (
+        [0, 1, 2, 3], [((1, 3), 0), ((0, 2), 4)]),
+    # 1 failed delivery: until its dead letter is written, it holds the commit
+    "a dead letter not yet written holds the commit": ([0, 1, 2], [((0, 2), 1)]),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_one_partition(name):
+    offsets, steps = SCENARIOS[name]
     t = tracker()
-    read(t, A, 0, 1, 2)
-    assert t.committable() == {A: 0}, "nothing done: the group stays at the first record"
-    done(t, A, 0, 1, 2)
-    assert t.committable() == {A: 3}
-
-
-def test_out_of_order_completion_waits_for_the_lowest():
-    t = tracker()
-    read(t, A, *range(10))
-    done(t, A, 9, 8, 5, 3, 1)
-    assert t.committable() == {A: 0}
-    done(t, A, 0)
-    assert t.committable() == {A: 2}, "0 and 1 done, 2 still in flight"
-    done(t, A, 2, 4)
-    assert t.committable() == {A: 6}
-    done(t, A, 6, 7)
-    assert t.committable() == {A: 10}
-
-
-def test_gaps_in_offsets_are_skipped():
-    """Compacted topics and transaction markers leave offsets that are never read."""
-    t = tracker()
-    read(t, A, 3, 7, 20)
-    done(t, A, 3)
-    assert t.committable() == {A: 7}
-    done(t, A, 20)
-    assert t.committable() == {A: 7}
-    done(t, A, 7)
-    assert t.committable() == {A: 21}
-
-
-def test_filtered_and_dead_lettered_count_as_done():
-    """mapping.py marks a filtered record done, dead_letter.py a dead letter once written,
-    sink.py an accepted event: the tracker sees the same ``done`` for each."""
-    t = tracker()
-    read(t, A, 0, 1, 2, 3)
-    done(t, A, 1)  # filtered by the mapping
-    done(t, A, 3)  # dead-lettered
-    assert t.committable() == {A: 0}
-    done(t, A, 0, 2)  # delivered
-    assert t.committable() == {A: 4}
-
-
-def test_a_dead_letter_not_yet_written_holds_the_commit():
-    t = tracker()
-    read(t, A, 0, 1, 2)
-    done(t, A, 0, 2)  # 1 failed delivery; its dead letter is still buffered
-    assert t.committable() == {A: 1}
+    read(t, A, *offsets)
+    for finished, expected in steps:
+        done(t, A, *finished)
+        assert t.committable() == {A: expected}, f"after {finished} were done"
 
 
 def test_partitions_are_independent():

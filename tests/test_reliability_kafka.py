@@ -13,15 +13,7 @@ import pytest
 from flexprice_beam.launch.runner import run
 from tests.kafka_helpers import committed, good, new_topic, produce
 from tests.reliability_helpers import account, record
-from tests.support import (
-    cli,
-    config_file,
-    finish,
-    kafka_input,
-    make_config,
-    read_dead_letters,
-    wait_until,
-)
+from tests.support import cli, config_file, finish, kafka_input, make_config, read_dead_letters, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

@@ -29,18 +29,10 @@ from flexprice_beam.core.config import KafkaInput, load_config_text
 from flexprice_beam.io.kafka import java_consumer_config, python_client_config
 from flexprice_beam.launch.runner import pipeline_options, run
 from flexprice_beam.pipelines import collector
+from tests import support
 from tests.ops_helpers import free_port, get
 from tests.reliability_helpers import record
-from tests.support import (
-    API_KEY,
-    cli,
-    config_data,
-    config_file,
-    finish,
-    generate,
-    make_config,
-    read_dead_letters,
-)
+from tests.support import API_KEY, cli, finish, make_config, read_dead_letters
 
 # ------------------------------------------------------------------ secrets
 
@@ -70,9 +62,9 @@ def test_the_api_key_appears_in_no_output_log_or_file(keyed_mock, tmp_path):
     seen: dict[str, str] = {}
 
     def config(name, events: dict, **kw):
-        path = config_file(config_data(mock_api, tmp_path, input=generate(**events),
-                                       dead_letters="dl", api_key="${FLEXPRICE_API_KEY}", **kw),
-                           tmp_path / f"{name}.yaml")
+        data = support.config_data(mock_api, tmp_path, input=support.generate(**events),
+                                   dead_letters="dl", api_key="${FLEXPRICE_API_KEY}", **kw)
+        path = support.config_file(data, tmp_path / f"{name}.yaml")
         return str(path)
 
     # 1. a run with every path that writes text: DEBUG logs, metrics, 400 isolation, retries,
