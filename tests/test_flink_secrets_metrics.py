@@ -184,7 +184,8 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
             ["run", "-c", str(cfg_path), "--runner", "flink", "--flink-master", rest.base,
              "--parallelism", "2", "--checkpointing-interval", "3s", "--summary-json",
              str(summary)], timeout=300,
-            env={"FLEXPRICE_FLINK_JOB_ENDPOINT": cluster["BEAM_JOB_ENDPOINT"]})
+            # every address as `scripts/flink.sh env` reports it (FLINK_REST_PORT & co.)
+            env={**cluster, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster["BEAM_JOB_ENDPOINT"]})
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         sub = json.loads(summary.read_text())
         jid, job_name = sub["job_id"], sub["job_name"]
