@@ -63,7 +63,7 @@ def test_each_security_protocol_delivers_a_batch(name, broker, expansion, mock_a
     listener, extra = LISTENERS[name]
     topic = new_topic()
     metas = produce(topic, [good(i) for i in range(40)])
-    cfg = make_config(mock_api, tmp_path, input_=kafka_input(
+    cfg = make_config(mock_api, tmp_path, input_=bounded(
         broker, topic, listener, max_records=40, **_security(broker, extra)))
     summary = run(cfg)
     assert summary.ok, summary.render()
@@ -81,7 +81,7 @@ def _refused_run(broker, mock_api, tmp_path, protocol: str, security: dict):
     """One record on a fresh topic, read through a listener that must refuse us."""
     topic = new_topic()
     produce(topic, [good(1)])
-    summary = run(make_config(mock_api, tmp_path, input_=kafka_input(
+    summary = run(make_config(mock_api, tmp_path, input_=bounded(
         broker, topic, protocol, max_records=1, **security)))
     assert not summary.ok
     return summary
