@@ -18,8 +18,7 @@ from flexprice_beam.io.deliver import BatchOutcome
 from flexprice_beam.io.inline import InlineSender
 from flexprice_beam.io.sink import Delivered, _BatchBuffer
 from flexprice_beam.transforms.validate import Prepared
-
-from .conftest import API_KEY
+from tests.support import API_KEY
 
 
 def _item(i: int, size: int = 10, origin: dict | None = None) -> Prepared:
