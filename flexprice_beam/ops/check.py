@@ -9,8 +9,9 @@ Those two look-ups go through the official ``flexprice`` SDK (``io.api.Lookups``
 generated from the server's OpenAPI document, covers both (``features.query_feature`` with
 ``expand=meters``, ``customers.get_customer_by_external_id``), takes our base URL (the
 stand-in's ``http://127.0.0.1``), and sends ``x-api-key``, ``X-Environment-ID`` and the extra
-``headers:`` through the httpx client we give it; it adds no dependency beyond httpx, which
-Beam's own requirements already install.
+``headers:`` through the httpx client we give it.  It adds only httpx (small, pure Python;
+apache-beam[gcp] installs it anyway).  The one gap: it puts an external id into the path
+unquoted, so ``Lookups.customer`` quotes it first.
 """
 
 from __future__ import annotations
