@@ -127,12 +127,18 @@ class Reply:
         return Kind.REJECTED if self.error and self.status else kind_of(self.status)
 
     def describe(self) -> str:
-        if self.status is None:
-            return f"no response: {self.error}"
-        if self.error:
-            return f"HTTP {self.status} ({self.error})"
-        text = self.body.strip().replace("\n", " ")
-        return f"HTTP {self.status}: {text[:500]}" if text else f"HTTP {self.status}"
+        return describe(self.status, self.body, self.error)
+
+
+def describe(status: int | None, body: str, error: str | None = None) -> str:
+    """``HTTP 400: {the server's words}``, ``HTTP 200 (why it is unusable)`` or
+    ``no response: why``: how an answer reads in logs, reports and dead letters."""
+    if status is None:
+        return f"no response: {error}"
+    if error:
+        return f"HTTP {status} ({error})"
+    text = body.strip().replace("\n", " ")
+    return f"HTTP {status}: {text[:500]}" if text else f"HTTP {status}"
 
 
 def _describe(exc: BaseException, url: str) -> str:
@@ -149,16 +155,32 @@ def _describe(exc: BaseException, url: str) -> str:
     return f"{type(exc).__name__}: {text} ({url})"
 
 
-class ApiClient:
-    """A ``requests.Session`` to Flexprice for read-only calls: one attempt each, a timeout,
-    secrets redacted from every error text."""
+class _Endpoint:
+    """What both off-hot-path clients hold: where, which environment, what to redact."""
 
-    def __init__(self, cfg: FlexpriceOutput):
+    def _connect(self, cfg: FlexpriceOutput) -> str:
+        """Check the transport and resolve the key (returned, never stored in the clear)."""
         check_transport(cfg)
         self.base_url = cfg.base_url
         self.environment_id = cfg.environment_id
         key = resolve_api_key(cfg)
         self._secrets = secret_values(cfg, key)
+        return key
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(f"{type(self).__name__} holds a live connection; build one where it "
+                        "is used")
+
+    def _failed(self, exc: BaseException) -> Reply:
+        return Reply(None, error=redact(_describe(exc, self.base_url), self._secrets))
+
+
+class ApiClient(_Endpoint):
+    """A ``requests.Session`` to Flexprice for read-only calls: one attempt each, a timeout,
+    secrets redacted from every error text."""
+
+    def __init__(self, cfg: FlexpriceOutput):
+        key = self._connect(cfg)
         self._timeout = cfg.timeout
         # per request, not on the session: a session's verify=False loses to
         # REQUESTS_CA_BUNDLE (requests#3829)
@@ -170,9 +192,6 @@ class ApiClient:
         self._session = requests.Session()
         self._session.headers.update(request_headers(cfg, key))
 
-    def __getstate__(self) -> dict[str, Any]:
-        raise TypeError("ApiClient holds a live session; build one where it is used")
-
     def request(self, method: str, path: str, *, params: dict | None = None,
                 payload: Any = None) -> Reply:
         try:
@@ -180,7 +199,7 @@ class ApiClient:
                                          json=payload, timeout=self._timeout,
                                          verify=self._verify, allow_redirects=False)
         except (requests.RequestException, ValueError) as exc:  # ValueError: a bad header
-            return Reply(None, error=redact(_describe(exc, self.base_url), self._secrets))
+            return self._failed(exc)
         try:
             data = resp.json() if resp.content else None
         except ValueError:
@@ -210,7 +229,7 @@ def ca_bundle() -> str:
             or requests.certs.where())
 
 
-class Lookups:
+class Lookups(_Endpoint):
     """``check``'s read-only questions through the official ``flexprice`` SDK: features with
     their meters, customers by external id.  Answers come back as ``Reply`` with plain
     dicts, so the checks do not depend on the SDK's model classes."""
@@ -221,11 +240,7 @@ class Lookups:
         import httpx
         from flexprice import Flexprice
 
-        check_transport(cfg)
-        self.base_url = cfg.base_url
-        self.environment_id = cfg.environment_id
-        key = resolve_api_key(cfg)
-        self._secrets = secret_values(cfg, key)
+        key = self._connect(cfg)
         headers = request_headers(cfg, key)
         del headers["x-api-key"]  # the SDK sets it from api_key_auth
         verify: Any = False if cfg.skip_cert_verify else ssl.create_default_context(
@@ -234,9 +249,6 @@ class Lookups:
                                   follow_redirects=False, trust_env=True)  # *_PROXY, NO_PROXY
         self._sdk = Flexprice(server_url=self.base_url + "/v1", api_key_auth=key,
                               client=self._http, timeout_ms=int(cfg.timeout * 1000))
-
-    def __getstate__(self) -> dict[str, Any]:
-        raise TypeError("Lookups holds a live client; build one where it is used")
 
     def _call(self, fn: Any, **kwargs: Any) -> Reply:
         import httpx
@@ -250,7 +262,7 @@ class Lookups:
         except errors.FlexpriceError as exc:
             return Reply(exc.status_code, exc.body)
         except (httpx.HTTPError, errors.NoResponseError, ValueError) as exc:
-            return Reply(None, error=redact(_describe(exc, self.base_url), self._secrets))
+            return self._failed(exc)
         return Reply(200, data=result.model_dump(mode="json", exclude_none=True))
 
     def features(self, offset: int = 0, limit: int = 1000) -> Reply:

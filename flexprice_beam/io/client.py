@@ -35,6 +35,7 @@ from flexprice_beam.io.api import (  # noqa: F401 - FlexpriceAuthError, auth_adv
     Kind,
     auth_advice,
     check_transport,
+    describe,
     kind_of,
     redact,
     request_headers,
@@ -69,12 +70,8 @@ class Answer:
         return Kind.AUTH if self.fatal else kind_of(self.status)
 
     def describe(self) -> str:
-        if self.status is None:
-            return f"no response: {self.error}"
-        if self.note:
-            return f"HTTP {self.status} (assumed: {self.note}; {self.error})"
-        text = self.body.strip().replace("\n", " ")
-        return f"HTTP {self.status}: {text[:500]}" if text else f"HTTP {self.status}"
+        return describe(self.status, self.body,
+                        f"assumed: {self.note}; {self.error}" if self.note else None)
 
 
 class FlexpriceClient:
