@@ -71,7 +71,7 @@ class Answer:
 
     def describe(self) -> str:
         return describe(self.status, self.body,
-                        f"assumed: {self.note}; {self.error}" if self.note else None)
+                        f"assumed: {self.note}; {self.error}" if self.note else self.error)
 
 
 class FlexpriceClient:
