@@ -410,3 +410,53 @@ def test_ping_reports_stopped_after_a_certificate_failure(tls_mock, tmp_path):
         summary = run(_https(tls_mock, tmp_path), metrics=server)
         code, body = get(server.url + "/ping")
     assert summary.error and code == 503 and "did not verify" in body
+
+
+# ------------------------------------------------------------------ off the hot path: check, read-back
+
+
+def _lookups_and_reads(cfg) -> tuple[object, object]:
+    """check's SDK look-ups (io.api.Lookups) and read-back's requests session (ApiClient)."""
+    from flexprice_beam.io.api import ApiClient, Lookups
+
+    lookups, api = Lookups(cfg.output.flexprice), ApiClient(cfg.output.flexprice)
+    try:
+        return lookups.features(), api.get("/v1/events", page_size=1)
+    finally:
+        lookups.close()
+        api.close()
+
+
+def test_check_and_read_back_refuse_a_self_signed_certificate(tls_mock, tmp_path):
+    from flexprice_beam.ops.check import run_check
+
+    features, events = _lookups_and_reads(_https(tls_mock, tmp_path))
+    for reply in (features, events):
+        assert reply.status is None and "CERTIFICATE_VERIFY_FAILED" in reply.error, reply
+    (problem,) = run_check(_https(tls_mock, tmp_path), sample=5).problems
+    assert problem.detail.startswith("unreachable") and "CERTIFICATE_VERIFY_FAILED" in problem.detail
+
+
+def test_check_and_read_back_with_skip_cert_verify_or_the_ca_trusted(tls_mock, tmp_path,
+                                                                     self_signed, monkeypatch,
+                                                                     caplog):
+    caplog.set_level(logging.WARNING, "flexprice_beam")
+    features, events = _lookups_and_reads(_https(tls_mock, tmp_path, skip_cert_verify=True))
+    assert features.status == 200 and events.status == 200, (features, events)
+    assert any("TLS certificate verification for Flexprice is OFF" in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", self_signed[0])
+    features, events = _lookups_and_reads(_https(tls_mock, tmp_path))
+    assert features.status == 200 and events.status == 200, (features, events)
+
+
+def test_check_and_read_back_through_an_authenticating_connect_proxy(tls_mock, tmp_path,
+                                                                     self_signed, monkeypatch):
+    proxy = _ConnectProxy("corp", "p@ss")
+    try:
+        _use_proxy(monkeypatch, proxy, "corp:p%40ss", self_signed[0])
+        features, events = _lookups_and_reads(_https(tls_mock, tmp_path))
+        assert features.status == 200 and events.status == 200, (features, events)
+        assert set(proxy.tunnels) == {tls_mock.host_port} and proxy.refused == 0
+    finally:
+        proxy.close()

@@ -14,9 +14,7 @@ and a pooled connection the server closed while idle is replaced before it is re
 from __future__ import annotations
 
 import base64
-import enum
 import http.client
-import ipaddress
 import logging
 import os
 import select
@@ -31,6 +29,18 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
+from flexprice_beam.io.api import (  # noqa: F401 - FlexpriceAuthError, auth_advice: re-exported
+    FlexpriceAuthError,
+    InsecureTransportError,
+    Kind,
+    auth_advice,
+    check_transport,
+    describe,
+    kind_of,
+    redact,
+    request_headers,
+    secret_values,
+)
 from flexprice_beam.io.retry import parse_retry_after
 from flexprice_beam.io.secrets import resolve_api_key
 
@@ -38,21 +48,6 @@ log = logging.getLogger("flexprice_beam.client")
 
 BULK_PATH = "/v1/events/bulk"
 SINGLE_PATH = "/v1/events"
-
-
-class Kind(enum.Enum):
-    ACCEPTED = "accepted"  # 2xx
-    REJECTED = "rejected"  # 4xx other than auth/429: the events themselves are bad
-    AUTH = "auth"  # 401/403: stop the run, retrying cannot help
-    RETRY = "retry"  # 429, 5xx, connection errors, timeouts
-
-
-class FlexpriceAuthError(RuntimeError):
-    """401/403 from Flexprice: the key is wrong or lacks permission; the run must stop."""
-
-
-class InsecureTransportError(ValueError):
-    """Plain http to a host that is not this machine, without ``allow_insecure``."""
 
 
 @dataclass(slots=True)
@@ -72,62 +67,26 @@ class Answer:
 
     @property
     def kind(self) -> Kind:
-        if self.fatal:
-            return Kind.AUTH
-        s = self.status
-        if s is None or s == 429 or s >= 500 or s == 408:
-            return Kind.RETRY
-        if 200 <= s < 300:
-            return Kind.ACCEPTED
-        if s in (401, 403):
-            return Kind.AUTH
-        return Kind.REJECTED
+        return Kind.AUTH if self.fatal else kind_of(self.status)
 
     def describe(self) -> str:
-        if self.status is None:
-            return f"no response: {self.error}"
-        if self.note:
-            return f"HTTP {self.status} (assumed: {self.note}; {self.error})"
-        text = self.body.strip().replace("\n", " ")
-        return f"HTTP {self.status}: {text[:500]}" if text else f"HTTP {self.status}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        return describe(self.status, self.body,
+                        f"assumed: {self.note}; {self.error}" if self.note else self.error)
 
 
 class FlexpriceClient:
     """Thin transport: ``post_bulk``/``post_single`` send pre-serialised events once."""
 
     def __init__(self, cfg: FlexpriceOutput):
+        check_transport(cfg)
         self.base_url = cfg.base_url
         parts = urlsplit(self.base_url)
-        if parts.scheme == "http" and not cfg.allow_insecure and not _is_loopback(parts.hostname or ""):
-            raise InsecureTransportError(
-                f"refusing plain http to {parts.hostname}: the API key would travel in clear; "
-                "use scheme: https or set allow_insecure: true")
-        if cfg.skip_cert_verify:
-            log.warning("TLS certificate verification for Flexprice is OFF (skip_cert_verify): "
-                        "anyone on the path can read the API key and the events")
         self._timeout = cfg.timeout
         self._secret = resolve_api_key(cfg)  # on the worker, in the sink's setup()
-        self._headers = {
-            "x-api-key": self._secret,
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "flexprice-beam",
-        }
-        if cfg.environment_id:  # a config-file key (self-hosted) carries no environment
-            self._headers["X-Environment-ID"] = cfg.environment_id
-        self._headers.update((k, v.get_secret_value()) for k, v in cfg.headers.items())
+        self._headers = request_headers(cfg, self._secret)
         self.environment_id = cfg.environment_id
         # extra header values may be gateway tokens: redact them like the key
-        self._secrets = [self._secret, *(v.get_secret_value() for v in cfg.headers.values())]
+        self._secrets = secret_values(cfg, self._secret)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
@@ -250,11 +209,7 @@ class FlexpriceClient:
     def _redact(self, text: str) -> str:
         """Error texts end up in logs and dead letters: never with the key in them (http.client
         quotes a header value it cannot send, e.g. a key with a stray newline)."""
-        forms = {f for secret in self._secrets if secret
-                 for f in (secret, repr(secret)[1:-1], secret.strip())} - {""}
-        for form in sorted(forms, key=len, reverse=True):  # raw, as repr() quotes it, trimmed
-            text = text.replace(form, "***")
-        return text
+        return redact(text, self._secrets)
 
     def post_bulk(self, bodies: list[bytes]) -> Answer:
         return self.request("POST", BULK_PATH, bulk_body(bodies))
@@ -272,20 +227,6 @@ class FlexpriceClient:
 
     def close(self) -> None:
         self._drop()
-
-
-def auth_advice(answer: Answer, environment_id: str | None) -> str:
-    """What to fix after a 401/403, from the server's own words."""
-    if answer.status == 403 and "environment" in answer.body.lower():
-        if environment_id:
-            return (f"environment {environment_id!r} does not exist for this key's tenant — "
-                    "check output.flexprice.environment_id")
-        return ("this key carries no environment (a key from the server's config file, as on "
-                "a self-hosted Flexprice): set output.flexprice.environment_id, sent as "
-                "X-Environment-ID")
-    if answer.status == 403:
-        return "the key lacks permission for this call — check its roles in Flexprice"
-    return "check output.flexprice.api_key / FLEXPRICE_API_KEY"
 
 
 def bulk_body(bodies: list[bytes]) -> bytes:

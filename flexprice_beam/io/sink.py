@@ -157,7 +157,7 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._batches = live.counter("batches_sent")
         self._requests = live.counter("requests_sent")
         self._retries = live.counter("retries")
-        self._latency = live.distribution("request_latency_ms")
+        self._latency = live.histogram("request_duration_seconds", ms="request_latency_ms")
         self._in_flight = live.gauge("batches_in_flight")
         self._retry_causes: dict[str, object] = {}
 
@@ -337,7 +337,7 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._batches.inc()
         self._requests.inc(outcome.requests)
         for ms in outcome.latencies:
-            self._latency.update(int(ms * 1000))
+            self._latency.observe(ms)
         for cause, n in outcome.retries.items():
             self._retries.inc(n)
             counter = self._retry_causes.get(cause)
