@@ -165,6 +165,7 @@ def _promtool(text: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
+@pytest.mark.promtool  # Debian's prometheus package: scripts/prometheus.sh install
 def test_request_duration_is_a_histogram_in_seconds_and_promtool_is_clean():
     reg = LiveRegistry()
     reg.begin(10)
@@ -193,6 +194,7 @@ def test_request_duration_is_a_histogram_in_seconds_and_promtool_is_clean():
     assert st["distributions"]["request_latency_ms"]["count"] == 1
 
 
+@pytest.mark.promtool  # Debian's prometheus package: scripts/prometheus.sh install
 def test_a_run_observes_every_request_in_seconds(mock_api, tmp_path):
     from flexprice_beam.core import live
 
