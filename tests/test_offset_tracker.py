@@ -206,7 +206,7 @@ def test_threads_reporting_at_once():
     every commit is at or below the lowest offset not done at that moment, and the last
     covers everything."""
     t = tracker()
-    n_parts, per_part, workers = 4, 3000, 4
+    n_parts, per_part, workers = 4, 5000, 4
     keys = [("usage", p) for p in range(n_parts)]
     done_at: dict[tuple, set[int]] = {k: set() for k in keys}
     done_lock = threading.Lock()
@@ -239,9 +239,9 @@ def test_threads_reporting_at_once():
                             return
                 continue
             k, o = item
-            t.done(origin(k, o))
-            with done_lock:
+            with done_lock:  # recorded as done here first: the tracker may commit it at once
                 done_at[k].add(o)
+            t.done(origin(k, o))
 
     def commit(offsets):
         # Every offset below the commit must already be done.
