@@ -19,6 +19,7 @@ setup(
         "kafka-python>=2.0.2,<4",
         "crc32c>=2.3,<3",  # kafka-python's record CRC check in C (bounded Kafka reads)
         "requests>=2.31,<3",
+        "flexprice>=2.1.43,<3",  # check's look-ups (io/api.py): the official SDK
         "pydantic>=2.7,<3",
         "jmespath>=1.0,<2",
         "orjson>=3.9,<4",

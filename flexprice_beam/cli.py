@@ -129,18 +129,15 @@ def _read_back(cfg: CollectorConfig, summary, wait: float) -> None:
     """``run --read-back``: look for a sample of the accepted events in Flexprice. Never an
     error: 202 means queued, so what is not readable yet is reported as queued."""
     from flexprice_beam.core import live
-    from flexprice_beam.io.flexprice.transport import HttpTransport
+    from flexprice_beam.io.api import ApiClient
     from flexprice_beam.io.readback import read_back
 
     sample = live.LIVE.accepted_sample()
     if not sample:  # the sink ran in other processes (a portable runner): nothing to look up
         summary.held_text = "no sample of the accepted events in this process to read back"
         return
-    client = HttpTransport(cfg.output.flexprice)
-    try:
+    with ApiClient(cfg.output.flexprice) as client:
         held = read_back(client, sample, wait)
-    finally:
-        client.close()
     summary.held, summary.held_text = held.as_dict(), held.render()
 
 

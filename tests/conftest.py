@@ -1,4 +1,5 @@
-"""Shared fixtures: the local Flexprice stand-in and configs pointing at it."""
+"""Shared fixtures: the local Flexprice stand-in, and the real broker for tests marked
+``kafka`` (configs and CLI runners: tests/support.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from flexprice_beam.core.config import CollectorConfig
-
-API_KEY = "test-key"
+from tests.support import API_KEY
 
 # Fuzzing depth (tests/test_fuzz.py): HYPOTHESIS_PROFILE=ci (default, ~300 examples per
 # property) or full (10,000); docs/reliability.md has the figures of the last full run.
@@ -18,6 +17,24 @@ _FUZZ = dict(deadline=None, print_blob=True,
 settings.register_profile("ci", max_examples=300, **_FUZZ)
 settings.register_profile("full", max_examples=10_000, **_FUZZ)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+#: Fixtures that start a service needing more than Python, and the marker a test using one
+#: must carry, so that ``pytest -m "not kafka and not flink and not s3"`` runs with Python
+#: alone (README, "Testing"): the broker (Java, installed by Maven), the Flink cluster
+#: (Java), MinIO (built with Go).
+SERVICE_FIXTURES = {"broker": "kafka", "expansion": "kafka", "cluster": "flink", "minio": "s3"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse a test that uses a service fixture without the service's marker: deselecting
+    the marker must deselect every test that needs the service."""
+    unmarked = sorted(
+        f"{item.nodeid} uses `{name}` but is not marked {marker}"
+        for item in items for name, marker in SERVICE_FIXTURES.items()
+        if name in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None)
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -35,35 +52,6 @@ def mock_api(_mock_server):
     _mock_server.reset()
     yield _mock_server
     _mock_server.reset()
-
-
-def make_config(mock, tmp_path, *, count=100, input_=None, flexprice=None, pipeline=None,
-                **generate) -> CollectorConfig:
-    """A config for ``mock``: fast retries, dead letters under ``tmp_path``."""
-    out = {"api_host": mock.host_port, "api_key": API_KEY, "scheme": "http",
-           "batching": {"count": 100, "period": "200ms"}, "max_in_flight": 4, "timeout": "2s",
-           "retry": {"max_attempts": 12, "initial_backoff": "10ms", "max_backoff": "200ms",
-                     "max_elapsed": "60s"}}
-    for key, value in (flexprice or {}).items():
-        out[key] = {**out[key], **value} if isinstance(value, dict) and key in out else value
-    data = {
-        "input": input_ or {"generate": {"count": count, "seed": 7,
-                                         "start_time": "2026-01-01T00:00:00Z", **generate}},
-        "output": {"flexprice": out, "dead_letter": {"path": str(tmp_path / "dead-letter")}},
-    }
-    if pipeline:
-        data["pipeline"] = pipeline
-    return CollectorConfig.model_validate(data)
-
-
-def read_dead_letters(cfg: CollectorConfig) -> list[dict]:
-    import json
-    from pathlib import Path
-
-    out = []
-    for f in sorted(Path(cfg.output.dead_letter.path).glob("*.jsonl")):
-        out.extend(json.loads(line) for line in f.read_text().splitlines() if line)
-    return out
 
 
 # -- Kafka (tests marked `kafka`): the real local broker and one expansion service per module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -71,12 +70,6 @@ def committed(group: str, topic: str, bootstrap: str = "127.0.0.1:19092") -> dic
         return out
     finally:
         consumer.close()
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    return env
 
 
 def good(i: int) -> bytes:

@@ -4,25 +4,16 @@
 * ``record(name, **figures)``: each scenario's figures, appended as one JSON line to the file
   named by ``RELIABILITY_RESULTS`` (docs/reliability.md is written from them);
 * ``account(...)``: the "nothing lost, nothing billed twice" check every scenario ends with;
-* ``cli(...)``: ``flexprice-beam`` as a subprocess, ``rss_mb``: its resident memory.
+* ``rss_mb``: a process's resident memory (the CLI runs through tests/support.py's ``cli``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import yaml
-
-from tests.conftest import API_KEY
-
 FULL = os.environ.get("FULL_RELIABILITY") == "1"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def record(name: str, **figures) -> None:
@@ -65,39 +56,6 @@ def account(mock, expected: set[str], dead: list[dict], accepted: int | None = N
             "requests": stats.get("requests_total", 0)}
 
 
-def write_config(path: Path, mock_host_port: str, *, generate: dict, flexprice: dict | None = None,
-                 dead_letter: Path, api_key: str = API_KEY, extra: dict | None = None) -> Path:
-    out = {"api_host": mock_host_port, "api_key": api_key, "scheme": "http",
-           "batching": {"count": 100, "period": "200ms"}, "max_in_flight": 4, "timeout": "2s",
-           "retry": {"max_attempts": 12, "initial_backoff": "10ms", "max_backoff": "200ms",
-                     "max_elapsed": "60s"}}
-    for key, value in (flexprice or {}).items():
-        out[key] = {**out[key], **value} if isinstance(value, dict) and key in out else value
-    data = {"input": {"generate": {"seed": 7, "start_time": "2026-01-01T00:00:00Z", **generate}},
-            "output": {"flexprice": out, "dead_letter": {"path": str(dead_letter)}},
-            **(extra or {})}
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def cli(args: list[str], env: dict | None = None, **kw) -> subprocess.Popen:
-    """``flexprice-beam …`` in its own process group, output to pipes."""
-    return subprocess.Popen([sys.executable, "-m", "flexprice_beam", *args], cwd=ROOT,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(
-            f"timed out after {timeout}s\nstdout:\n{out}\nstderr:\n{err[-4000:]}") from None
-    return proc.returncode, out, err
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` in MiB (0 once it has gone)."""
     try:
@@ -107,13 +65,3 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-def wait_until(predicate, timeout: float = 30.0, every: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what} not met within {timeout}s")

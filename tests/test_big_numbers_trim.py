@@ -12,7 +12,7 @@ from flexprice_beam.launch.runner import run
 from flexprice_beam.ops.check import run_check
 from flexprice_beam.transforms.mapping import Mapper
 from flexprice_beam.transforms.validate import InvalidEvent, prepare, prepare_with_model
-from tests.conftest import make_config, read_dead_letters
+from tests.support import make_config, read_dead_letters
 
 LIMIT = 2**53
 

@@ -17,9 +17,8 @@ from flexprice_beam.cli import main as cli_main
 from flexprice_beam.core.config import DeadLetterOutput
 from flexprice_beam.io.dead_letter import WriteDeadLetters
 from flexprice_beam.launch.runner import run
-from tests.conftest import make_config
-from tests.ops_helpers import config_file
 from tests.store_helpers import ensure_minio, letters_in, s3_args, s3_objects
+from tests.support import config_file, kafka_input, make_config
 
 
 @pytest.fixture(scope="module")
@@ -218,9 +217,8 @@ def test_input_offsets_wait_until_the_topic_acknowledged_the_letters(broker, exp
     ends = {p: 1 + max(o for q, o, _ in sent if q == p) for p in {p for p, _, _ in sent}}
     mock_api.set_faults({"reject_every_nth": 10})
     cfg = _with_dead_letters(
-        make_config(mock_api, tmp_path, input_={"kafka": {
-            "addresses": [bootstrap], "topics": [topic], "consumer_group": f"g-{topic}",
-            "max_records": 200, "max_read_time": "20s"}}),
+        make_config(mock_api, tmp_path, input_=kafka_input(
+            topic, bootstrap, max_records=200, max_read_time="20s")),
         path=None, kafka={"addresses": [bootstrap], "topic": dlq})
     try:
         failed = run(cfg)

@@ -182,6 +182,7 @@ def test_missing_config_file_is_reported(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.kafka  # the Java expansion service (a JVM): scripts/kafka.sh installs it
 def test_entry_point_expands_kafka_for_dataflow(tmp_path, monkeypatch):
     """Kafka input at launch: the bundled Java expansion service is started, then stopped."""
     monkeypatch.setenv(entry.LAUNCHER_ENV, "/template/launch.py")  # → DataflowRunner, streaming

@@ -25,16 +25,15 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import API_KEY
+from tests.kafka_helpers import script_env
+from tests.support import API_KEY, cli_run, config_data, config_file, kafka_input
 
 pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.slow]
 
@@ -49,15 +48,6 @@ def _sh(*cmd, timeout=600, check=True, env=None) -> subprocess.CompletedProcess:
                           timeout=timeout, check=check, env=env)
 
 
-def _exports(script: Path) -> dict[str, str]:
-    out = {}
-    for line in _sh(script, "env").stdout.splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, _, value = line[len("export "):].partition("=")
-            out[key] = value.strip().strip("'\"")
-    return out
-
-
 @pytest.fixture(scope="session")
 def cluster():
     """The real broker and Flink cluster; started here if ``scripts/test.sh`` did not."""
@@ -67,10 +57,10 @@ def cluster():
         _sh(KAFKA_SH, "start")
         _sh(KAFKA_SH, "wait")
         # the job server and TaskManagers resolve ${env:KAFKA_SASL_PASSWORD} (sasl.password_env)
-        _sh(FLINK_SH, "start", env={**os.environ, **_exports(KAFKA_SH)})
+        _sh(FLINK_SH, "start", env={**os.environ, **script_env(KAFKA_SH)})
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"{exc.cmd} failed:\n{exc.stdout}\n{exc.stderr}")
-    env = {**_exports(KAFKA_SH), **_exports(FLINK_SH)}
+    env = {**script_env(KAFKA_SH), **script_env(FLINK_SH)}
     yield env
     if not flink_up:
         _sh(FLINK_SH, "stop", check=False)
@@ -157,30 +147,25 @@ def collector_config(path: Path, bootstrap: str, topic: str, group: str, mock,
     The key is a file the SDK workers read (a literal key is refused for Flink)."""
     key_file = path.with_name(path.stem + "-api-key")
     key_file.write_text(API_KEY + "\n")
-    path.write_text(yaml.safe_dump({
-        "input": {"kafka": {"addresses": [bootstrap], "topics": [topic],
-                            "consumer_group": group, "start_from_oldest": True}},
-        "output": {"flexprice": {"api_host": mock.host_port, "api_key_file": str(key_file),
-                                 "scheme": "http", "batching": {"count": 500, "period": "1s"},
-                                 "max_in_flight": 4, "timeout": "5s",
-                                 "retry": {"max_attempts": 30, "initial_backoff": "100ms",
-                                           "max_backoff": "2s", "max_elapsed": "5m"}},
-                   "dead_letter": dead_letter},
-        "logger": {"level": "INFO"}}))
-    return path
+    return config_file(config_data(
+        mock, path.parent, fast=False, api_key=None, dead_letters=dead_letter,
+        input=kafka_input(topic, bootstrap, consumer_group=group, start_from_oldest=True),
+        flexprice={"api_key_file": str(key_file), "batching": {"count": 500, "period": "1s"},
+                   "max_in_flight": 4, "timeout": "5s",
+                   "retry": {"max_attempts": 30, "initial_backoff": "100ms",
+                             "max_backoff": "2s", "max_elapsed": "5m"}},
+        logger={"level": "INFO"}), path)
 
 
 def submit_job(cfg_path: Path, rest, cluster: dict, summary: Path,
                beam_args: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, dict]:
     """``flexprice-beam run --runner flink`` at parallelism 2, checkpoints every 3 s."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "flexprice_beam", "run", "-c", str(cfg_path),
-         "--runner", "flink", "--flink-master", rest.base, "--parallelism", "2",
-         "--checkpointing-interval", "3s", "--summary-json", str(summary),
-         *(["--", *beam_args] if beam_args else [])],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    proc = cli_run(
+        ["run", "-c", str(cfg_path), "--runner", "flink", "--flink-master", rest.base,
+         "--parallelism", "2", "--checkpointing-interval", "3s", "--summary-json", str(summary),
+         *(["--", *beam_args] if beam_args else [])], timeout=300,
         # every address as `scripts/flink.sh env` reports it (FLINK_REST_PORT & co.)
-        env={**os.environ, **cluster, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster.get(
+        env={**cluster, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster.get(
             "BEAM_JOB_ENDPOINT", "localhost:8099")})
     return proc, (json.loads(summary.read_text()) if summary.exists() else {})
 

@@ -4,7 +4,6 @@ TaskManager in one Python SDK worker)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -13,7 +12,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.launch import flink
-from tests.conftest import make_config
+from tests.ops_helpers import free_port
+from tests.support import config_data, config_file, generate, make_config
 
 
 def test_beam_args_translate_the_cli_conveniences(monkeypatch):
@@ -55,19 +55,20 @@ def test_dead_letter_path_becomes_absolute_for_the_workers(mock_api, tmp_path, m
     assert flink.for_cluster(keyed).output.flexprice.api_key_file == str(tmp_path / "key.txt")
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _no_events(mock, tmp_path):
+    """An unbounded generator of nothing, the key from ``FLEXPRICE_API_KEY``, all else the
+    product's defaults."""
+    return config_file(config_data(
+        mock, tmp_path, input=generate(0, seed=None, start_time=None), fast=False,
+        api_key=None, flexprice={"api_key_env": "FLEXPRICE_API_KEY"}, dead_letters=None),
+        tmp_path / "c.yaml")
 
 
 def test_unreachable_cluster_is_exit_2_naming_what_is_missing(mock_api, tmp_path, monkeypatch,
                                                               capfd):
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("FLEXPRICE_FLINK_JOB_ENDPOINT", f"127.0.0.1:{port}")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"input: {{generate: {{count: 0}}}}\noutput: {{flexprice: {{api_host: "
-                   f"'{mock_api.host_port}', api_key_env: FLEXPRICE_API_KEY, scheme: http}}}}\n")
+    cfg = _no_events(mock_api, tmp_path)
     started = time.monotonic()
     rc = cli_main(["run", "-c", str(cfg), "--runner", "flink", "--flink-master",
                    f"127.0.0.1:{port}"])
@@ -78,9 +79,7 @@ def test_unreachable_cluster_is_exit_2_naming_what_is_missing(mock_api, tmp_path
 
 
 def test_bad_checkpointing_interval_is_exit_2(mock_api, tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"input: {{generate: {{count: 0}}}}\noutput: {{flexprice: {{api_host: "
-                   f"'{mock_api.host_port}', api_key_env: FLEXPRICE_API_KEY, scheme: http}}}}\n")
+    cfg = _no_events(mock_api, tmp_path)
     assert cli_main(["run", "-c", str(cfg), "--runner", "flink",
                      "--checkpointing-interval", "soon"]) == 2
 

@@ -20,21 +20,19 @@ workers from ``api_key_file``. While it runs:
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 from flexprice_mock.server import MockFlexprice
 
 from tests import secret_scan
-from tests.test_flink import FLINK_SH, ROOT, _delivered, _exports, _wait, cluster  # noqa: F401
+from tests.support import cli_run, config_data, config_file, kafka_input
+from tests.test_flink import FLINK_SH, _delivered, _wait, cluster  # noqa: F401
 
 pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.slow]
 
@@ -125,6 +123,7 @@ def _rest_blobs(rest, jid: str) -> dict[str, bytes]:
     return out
 
 
+@pytest.mark.promtool
 def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster, tmp_path):  # noqa: F811
     from kafka import KafkaAdminClient, KafkaProducer
     from kafka.admin import NewTopic
@@ -166,30 +165,27 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
             producer.send(topic, value=f"not json {i}".encode())
         producer.flush(30)
 
-    cfg_path = tmp_path / "flink-sasl.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "input": {"kafka": {
-            "addresses": [cluster["KAFKA_BOOTSTRAP_SASL_SSL"]], "topics": [topic],
-            "consumer_group": f"g-{run}", "start_from_oldest": True,
-            "sasl": {"mechanism": "SCRAM-SHA-512", "user": cluster["KAFKA_SASL_USERNAME"],
-                     "password_env": PASSWORD_ENV},
-            "tls": {"enabled": True, "ca_file": cluster["KAFKA_CA_PEM"]}}},
-        "output": {"flexprice": {"api_host": mock.host_port, "api_key_file": str(key_file),
-                                 "scheme": "http", "batching": {"count": 50, "period": "500ms"},
-                                 "timeout": "5s"},
-                   "dead_letter": {"path": str(tmp_path / "dead-letter")}}}))
+    cfg_path = config_file(config_data(
+        mock, tmp_path, fast=False, api_key=None, input=kafka_input(
+            topic, cluster["KAFKA_BOOTSTRAP_SASL_SSL"], consumer_group=f"g-{run}",
+            start_from_oldest=True,
+            sasl={"mechanism": "SCRAM-SHA-512", "user": cluster["KAFKA_SASL_USERNAME"],
+                  "password_env": PASSWORD_ENV},
+            tls={"enabled": True, "ca_file": cluster["KAFKA_CA_PEM"]}),
+        flexprice={"api_key_file": str(key_file), "batching": {"count": 50, "period": "500ms"},
+                   "timeout": "5s"}), tmp_path / "flink-sasl.yaml")
     jid = None
     # what the cluster held before this job (other jobs' checkpoints, logs) is not searched:
     # only what was written for it from here on
     before = {**secret_scan.sizes(cache / "logs"), **secret_scan.sizes(cache / "data")}
     try:
         summary = tmp_path / "submission.json"
-        proc = subprocess.run(
-            [sys.executable, "-m", "flexprice_beam", "run", "-c", str(cfg_path), "--runner",
-             "flink", "--flink-master", rest.base, "--parallelism", "2",
-             "--checkpointing-interval", "3s", "--summary-json", str(summary)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-            env={**os.environ, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster["BEAM_JOB_ENDPOINT"]})
+        proc = cli_run(
+            ["run", "-c", str(cfg_path), "--runner", "flink", "--flink-master", rest.base,
+             "--parallelism", "2", "--checkpointing-interval", "3s", "--summary-json",
+             str(summary)], timeout=300,
+            # every address as `scripts/flink.sh env` reports it (FLINK_REST_PORT & co.)
+            env={**cluster, "FLEXPRICE_FLINK_JOB_ENDPOINT": cluster["BEAM_JOB_ENDPOINT"]})
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         sub = json.loads(summary.read_text())
         jid, job_name = sub["job_id"], sub["job_name"]

@@ -17,9 +17,9 @@ from flexprice_beam.core.config import MAX_BODY_BYTES, MAX_EVENT_BYTES, KafkaInp
 from flexprice_beam.io.generate import generate_batch
 from flexprice_beam.io.kafka import decode
 from flexprice_beam.launch.runner import run
-from tests.conftest import make_config, read_dead_letters
 from tests.mapping_fns import INFLATE
 from tests.reliability_helpers import account, generator_ids, record
+from tests.support import make_config, read_dead_letters
 from tests.test_fuzz import through_dofns
 
 MIB = 1024 * 1024

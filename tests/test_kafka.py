@@ -7,25 +7,36 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
-import yaml
 
 from flexprice_beam.core.events import rfc3339_from_millis
 from flexprice_beam.io.send_events import main as send_events
 from flexprice_beam.launch.runner import run
-from tests.conftest import API_KEY, make_config, read_dead_letters
-from tests.kafka_helpers import ROOT, committed, good, new_topic, produce
-from tests.reliability_helpers import wait_until
+from tests.kafka_helpers import committed, good, new_topic, produce
+from tests.support import (
+    cli,
+    config_data,
+    config_file,
+    kafka_input,
+    make_config,
+    merge,
+    read_dead_letters,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kafka]
 
 
-def kafka_input(broker, topic, listener="PLAINTEXT", **extra):
-    cfg = {"addresses": [broker[f"KAFKA_BOOTSTRAP_{listener}"]], "topics": [topic],
-           "consumer_group": f"g-{topic}", "max_read_time": "60s", **extra}
-    return {"kafka": cfg}
+def bounded(broker, topic, listener="PLAINTEXT", **keys):
+    """``topic`` through ``listener``, read for at most 60 s."""
+    return kafka_input(topic, broker[f"KAFKA_BOOTSTRAP_{listener}"], max_read_time="60s", **keys)
+
+
+#: The CLI runs' stand-in output: 2 requests of 50 in flight, product timeouts and budget.
+CLI_OUTPUT = {"batching": {"count": 50, "period": "200ms"}, "max_in_flight": 2,
+              "retry": {"initial_backoff": "20ms", "max_backoff": "200ms"}}
+RUN = ["--no-metrics", "--progress", "off"]
 
 
 LISTENERS = {
@@ -52,7 +63,7 @@ def test_each_security_protocol_delivers_a_batch(name, broker, expansion, mock_a
     listener, extra = LISTENERS[name]
     topic = new_topic()
     metas = produce(topic, [good(i) for i in range(40)])
-    cfg = make_config(mock_api, tmp_path, input_=kafka_input(
+    cfg = make_config(mock_api, tmp_path, input_=bounded(
         broker, topic, listener, max_records=40, **_security(broker, extra)))
     summary = run(cfg)
     assert summary.ok, summary.render()
@@ -70,7 +81,7 @@ def _refused_run(broker, mock_api, tmp_path, protocol: str, security: dict):
     """One record on a fresh topic, read through a listener that must refuse us."""
     topic = new_topic()
     produce(topic, [good(1)])
-    summary = run(make_config(mock_api, tmp_path, input_=kafka_input(
+    summary = run(make_config(mock_api, tmp_path, input_=bounded(
         broker, topic, protocol, max_records=1, **security)))
     assert not summary.ok
     return summary
@@ -102,7 +113,7 @@ def test_malformed_records_go_to_dead_letters_with_offsets(broker, expansion, mo
     topic = new_topic()
     assert send_events(["950", "--malformed", "50", "--topic", topic, "--seed", "5",
                         "--brokers", broker["KAFKA_BOOTSTRAP_PLAINTEXT"]]) == 0
-    cfg = make_config(mock_api, tmp_path, input_=kafka_input(broker, topic, max_records=1000))
+    cfg = make_config(mock_api, tmp_path, input_=bounded(broker, topic, max_records=1000))
     summary = run(cfg)
     assert summary.ok, summary.render()
     assert summary.read == 1000 and summary.accepted == 950 and summary.dead_lettered == 50
@@ -118,30 +129,15 @@ def test_malformed_records_go_to_dead_letters_with_offsets(broker, expansion, mo
     assert len({(d["origin"]["partition"], d["origin"]["offset"]) for d in dead}) == 50
 
 
-def _write_yaml(tmp_path, mock, input_, name="run.yaml", **flexprice):
-    out = {"api_host": mock.host_port, "api_key": API_KEY, "scheme": "http",
-           "batching": {"count": 50, "period": "200ms"}, "max_in_flight": 2,
-           "retry": {"initial_backoff": "20ms", "max_backoff": "200ms"}, **flexprice}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump({"input": input_, "output": {
-        "flexprice": out, "dead_letter": {"path": str(tmp_path / "dl")}}}))
-    return path
-
-
-def _cli(path, *extra):
-    return subprocess.Popen(
-        [sys.executable, "-m", "flexprice_beam", "run", "-c", str(path), "--no-metrics",
-         "--progress", "off", *extra], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
 def test_sigkill_mid_run_then_restart_loses_nothing(broker, mock_api, tmp_path):
     topic = new_topic()
     produce(topic, [good(i) for i in range(1000)])
     mock_api.set_faults({"latency_ms": 300})  # 40 requests, 2 in flight: ~6 s of delivery
-    path = _write_yaml(tmp_path, mock_api, kafka_input(broker, topic, max_records=1000),
-                       batching={"count": 25, "period": "200ms"})
-    first = _cli(path)
+    path = config_file(config_data(
+        mock_api, tmp_path, input=bounded(broker, topic, max_records=1000), fast=False,
+        flexprice=merge(CLI_OUTPUT, {"batching": {"count": 25}}), dead_letters="dl"),
+        tmp_path / "run.yaml")
+    first = cli(["run", "-c", str(path), *RUN], stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: len(mock_api.events()) >= 100, 180, what="the first run to deliver some")
     finally:
@@ -151,7 +147,7 @@ def test_sigkill_mid_run_then_restart_loses_nothing(broker, mock_api, tmp_path):
     assert delivered_before_kill < 1000, "the kill should land mid-run"
     assert committed(f"g-{topic}", topic) == {}, "no offsets may be committed before delivery"
     mock_api.set_faults({})
-    second = _cli(path)
+    second = cli(["run", "-c", str(path), *RUN], stderr=subprocess.STDOUT)
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out[-3000:]
     ids = collections.Counter(e["event_id"] for e in mock_api.events())
@@ -164,9 +160,10 @@ def test_sigkill_mid_run_then_restart_loses_nothing(broker, mock_api, tmp_path):
 def test_streaming_run_delivers_events_produced_while_running(broker, mock_api, tmp_path):
     topic = new_topic()
     produce(topic, [good(i) for i in range(100)])
-    cfg = kafka_input(broker, topic)
-    del cfg["kafka"]["max_read_time"]  # unbounded: streams on Prism until stopped
-    proc = _cli(_write_yaml(tmp_path, mock_api, cfg))
+    unbounded = kafka_input(topic, broker["KAFKA_BOOTSTRAP_PLAINTEXT"])  # Prism streams it
+    path = config_file(config_data(mock_api, tmp_path, input=unbounded, fast=False,
+                                   flexprice=CLI_OUTPUT, dead_letters="dl"), tmp_path / "run.yaml")
+    proc = cli(["run", "-c", str(path), *RUN], stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: len(mock_api.events()) >= 100, 240, what="the first 100 events")
         produce(topic, [good(i) for i in range(100, 250)])

@@ -16,12 +16,8 @@ from flexprice_beam.core.events import rfc3339_from_millis
 from flexprice_beam.io.kafka_range import share
 from flexprice_beam.io.send_events import main as send_events
 from flexprice_beam.launch.runner import run
-from tests.conftest import make_config
 from tests.kafka_helpers import committed, good, new_topic
-from tests.ops_helpers import config_file
-from tests.reliability_helpers import cli, finish
-
-BROKER = "127.0.0.1:19092"
+from tests.support import BROKER, cli, config_file, finish, kafka_input, make_config
 
 
 def produce_to(topic: str, counts: dict[int, int], start: int = 0,
@@ -47,11 +43,6 @@ def produce_to(topic: str, counts: dict[int, int], start: int = 0,
     return [(m.partition, m.offset, m.timestamp) for m in metas]
 
 
-def kafka(topic: str, **extra) -> dict:
-    return {"kafka": {"addresses": [BROKER], "topics": [topic], "consumer_group": f"g-{topic}",
-                      **extra}}
-
-
 def ids(topic: str, metas) -> set[str]:
     return {f"kafka-{topic}-{p}-{o}" for p, o, _ in metas}
 
@@ -61,7 +52,7 @@ def stored(mock_api) -> dict[str, dict]:
 
 
 def _drain(mock_api, tmp_path, topic, **extra):
-    cfg = make_config(mock_api, tmp_path, input_=kafka(topic, **extra),
+    cfg = make_config(mock_api, tmp_path, input_=kafka_input(topic, **extra),
                       flexprice={"batching": {"count": 500}, "max_in_flight": 8})
     summary = run(cfg)
     assert summary.ok, summary.render()
@@ -245,7 +236,7 @@ def test_backfill_of_a_time_window_resends_exactly_it_with_the_drain_ids(broker,
     assert sum(group.values()) == len(metas)
 
     mock_api.reset()
-    path = config_file(make_config(mock_api, tmp_path, input_=kafka(topic)), tmp_path / "b.yaml")
+    path = config_file(make_config(mock_api, tmp_path, input_=kafka_input(topic)), tmp_path / "b.yaml")
     out = _backfill(path, "--from", rfc3339_from_millis(t1), "--to", rfc3339_from_millis(t2))
     want = {i: e for i, e in full.items() if rfc3339_from_millis(t1) <= e["timestamp"]
             < rfc3339_from_millis(t2)}
@@ -266,7 +257,7 @@ def test_backfill_over_delivered_records_adds_nothing_and_commit_is_opt_in(broke
     before = mock_api.stats()
     pairs = {(e["event_id"], e["timestamp"]) for e in mock_api.events()}
 
-    path = config_file(make_config(mock_api, tmp_path, input_=kafka(topic)), tmp_path / "b.yaml")
+    path = config_file(make_config(mock_api, tmp_path, input_=kafka_input(topic)), tmp_path / "b.yaml")
     out = _backfill(path, "--from-offsets", f"{topic}/0=0,{topic}/1=0,{topic}/2=0",
                     "--to-offsets", ",".join(f"{topic}/{p}={o}" for p, o in group.items()))
     assert "read:           600" in out
@@ -321,11 +312,11 @@ def test_backfill_after_the_streaming_java_read_resends_identical_events(broker,
     import os
     import signal
 
-    from tests.reliability_helpers import wait_until
+    from tests.support import wait_until
 
     topic = new_topic(3)
     metas = produce_to(topic, {0: 40, 1: 35, 2: 25})
-    path = config_file(make_config(mock_api, tmp_path, input_=kafka(topic)), tmp_path / "s.yaml")
+    path = config_file(make_config(mock_api, tmp_path, input_=kafka_input(topic)), tmp_path / "s.yaml")
     live = cli(["run", "-c", str(path), "--no-metrics", "--progress", "off"])
     try:
         wait_until(lambda: len(mock_api.events()) >= 100, 240, what="the streaming read")
@@ -350,7 +341,7 @@ def test_records_filtered_out_at_the_end_are_committed_too(broker, mock_api, tmp
     topic = new_topic(1)
     produce(topic, [orjson.dumps({"type": "api", "user": "c1", "n": i}) for i in range(10)]
             + [orjson.dumps({"skip": True}) for _ in range(5)])
-    cfg = make_config(mock_api, tmp_path, input_=kafka(topic, stop_at_end=True),
+    cfg = make_config(mock_api, tmp_path, input_=kafka_input(topic, stop_at_end=True),
                       pipeline={"mapping_fn": "tests.mapping_fns:to_event"})
     summary = run(cfg)
     assert summary.ok, summary.render()

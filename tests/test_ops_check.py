@@ -9,8 +9,7 @@ import pytest
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.core.config import CollectorConfig
 from flexprice_beam.ops import check
-from tests.conftest import make_config
-from tests.ops_helpers import config_file
+from tests.support import config_file, make_config
 
 
 @pytest.fixture

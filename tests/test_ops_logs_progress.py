@@ -9,8 +9,7 @@ from flexprice_beam.cli import main as cli_main
 from flexprice_beam.core.live import LiveRegistry
 from flexprice_beam.core.logs import Sampler
 from flexprice_beam.launch.progress import Progress, choose_mode, render_bar, render_line
-from tests.conftest import make_config
-from tests.ops_helpers import config_file
+from tests.support import config_file, make_config
 
 
 def _json_lines(text: str) -> list[dict]:

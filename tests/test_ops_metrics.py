@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import threading
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.core.live import LIVE, LiveRegistry, stage_counts
 from flexprice_beam.launch.metrics_server import MetricsServer, parse_address
 from flexprice_beam.launch.runner import run
-from tests.conftest import API_KEY, make_config
-from tests.ops_helpers import config_file, free_port, get, stats, wait_for
+from tests.ops_helpers import free_port, get, stats, wait_for
+from tests.support import API_KEY, config_file, make_config
 
 
 def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
@@ -153,3 +156,62 @@ def test_stage_counts_and_address_parsing():
     with pytest.raises(ValueError):
         parse_address("4195x")
     assert LIVE is not reg
+
+
+def _promtool(text: str) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian's prometheus package): scripts/prometheus.sh install"
+    return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.promtool  # Debian's prometheus package: scripts/prometheus.sh install
+def test_request_duration_is_a_histogram_in_seconds_and_promtool_is_clean():
+    reg = LiveRegistry()
+    reg.begin(10)
+    seen = [0.0004, 0.001, 0.003, 0.003, 0.02, 0.2, 1.5, 12.0, 45.0]  # 0.001 is "le 0.001"
+    for s in seen:
+        reg.observe_histogram("request_duration_seconds", s)
+    reg.observe("request_latency_ms", 3)  # a distribution: /stats only, not the scrape
+    with MetricsServer("127.0.0.1:0", registry=reg) as server:
+        text = get(server.url + "/metrics")[1]
+        st = stats(server.url)
+    proc = _promtool(text)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
+    assert "_ms" not in text and "# TYPE flexprice_request_duration_seconds histogram" in text
+    (fam,) = [f for f in text_string_to_metric_families(text)
+              if f.name == "flexprice_request_duration_seconds"]
+    assert fam.type == "histogram"
+    samples = {(s.name, s.labels.get("le")): s.value for s in fam.samples}
+    buckets = {float(le): v for (name, le), v in samples.items() if name.endswith("_bucket")}
+    assert sorted(buckets)[0] == 0.001 and sorted(buckets)[-2] == 30.0
+    for le, n in buckets.items():  # cumulative: every observation at or under the bound
+        assert n == sum(1 for s in seen if s <= le), (le, n)
+    assert samples[("flexprice_request_duration_seconds_count", None)] == len(seen)
+    assert samples[("flexprice_request_duration_seconds_sum", None)] == pytest.approx(sum(seen))
+    h = st["histograms"]["request_duration_seconds"]
+    assert h["count"] == len(seen) and h["buckets"][-1] == ["+Inf", len(seen)]
+    assert st["distributions"]["request_latency_ms"]["count"] == 1
+
+
+@pytest.mark.promtool  # Debian's prometheus package: scripts/prometheus.sh install
+def test_a_run_observes_every_request_in_seconds(mock_api, tmp_path):
+    from flexprice_beam.core import live
+
+    cfg = make_config(mock_api, tmp_path, count=200, flexprice={"batching": {"count": 20}})
+    with MetricsServer("127.0.0.1:0") as server:
+        summary = run(cfg, metrics=server)
+        text = get(server.url + "/metrics")[1]
+        final = stats(server.url)
+    assert summary.ok and summary.requests >= 10
+    assert _promtool(text).returncode == 0
+    assert _metric(text, "flexprice_request_duration_seconds_count") == summary.requests
+    assert _metric(text, "flexprice_request_duration_seconds_bucket", '{le="+Inf"}') \
+        == summary.requests
+    # the Beam distribution in ms (Flink's and Dataflow's view) sees the same requests
+    ms = final["distributions"]["request_latency_ms"]
+    seconds = final["histograms"]["request_duration_seconds"]
+    assert ms["count"] == seconds["count"] == summary.requests
+    assert ms["sum"] <= seconds["sum"] * 1000 < ms["sum"] + summary.requests  # truncated ms
+    hist = live.histogram("x_seconds", buckets=(0.5, 0.1), ms="x_ms")
+    assert hist.buckets == (0.1, 0.5)

@@ -8,8 +8,7 @@ import json
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.io.dead_letter import encode_dead_letter, lock_file
 from flexprice_beam.launch.runner import run
-from tests.conftest import make_config, read_dead_letters
-from tests.ops_helpers import config_file, dead_letter_files
+from tests.support import config_file, dead_letter_files, make_config, read_dead_letters
 
 
 def _ingest_requests(mock) -> int:

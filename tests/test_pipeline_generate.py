@@ -7,7 +7,7 @@ import time
 
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.launch.runner import run
-from tests.conftest import make_config, read_dead_letters
+from tests.support import config_data, config_file, generate, make_config, read_dead_letters
 
 
 def _assert_identical_repeats(mock):
@@ -84,18 +84,11 @@ def test_rerun_with_same_seed_is_deduplicated(mock_api, tmp_path):
 
 
 def _write_config(tmp_path, mock, key):
-    path = tmp_path / "run.yaml"
-    path.write_text(f"""
-input: {{generate: {{count: 5000}}}}
-output:
-  flexprice:
-    api_host: {mock.host_port}
-    api_key: {key}
-    scheme: http
-    retry: {{initial_backoff: 10ms}}
-  dead_letter: {{path: {tmp_path / 'dl'}}}
-""")
-    return path
+    """5,000 events, the product's output settings but for a 10 ms first backoff."""
+    return config_file(config_data(
+        mock, tmp_path, input=generate(5000, seed=None, start_time=None), fast=False,
+        api_key=key, flexprice={"retry": {"initial_backoff": "10ms"}}, dead_letters="dl"),
+        tmp_path / "run.yaml")
 
 
 def test_401_stops_the_run_fast_without_retry_storm(mock_api, tmp_path, capsys):

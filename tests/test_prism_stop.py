@@ -12,25 +12,19 @@ import signal
 import time
 
 import pytest
-import yaml
 
-from tests.conftest import API_KEY
 from tests.kafka_helpers import good, new_topic, produce
-from tests.reliability_helpers import cli, finish, wait_until
+from tests.support import API_KEY, cli, config_data, config_file, finish, kafka_input, wait_until
 
 pytestmark = [pytest.mark.kafka]
 
 
 def _config(tmp_path, mock, broker, topic, api_key=API_KEY):
-    path = tmp_path / "stream.yaml"
-    path.write_text(yaml.safe_dump({
-        "input": {"kafka": {"addresses": [broker["KAFKA_BOOTSTRAP_PLAINTEXT"]],
-                            "topics": [topic], "consumer_group": f"g-{topic}"}},
-        "output": {"flexprice": {"api_host": mock.host_port, "api_key": api_key,
-                                 "scheme": "http", "max_in_flight": 1,
-                                 "batching": {"count": 50, "period": "200ms"}},
-                   "dead_letter": {"path": str(tmp_path / "dl")}}}))
-    return path
+    return config_file(config_data(
+        mock, tmp_path, input=kafka_input(topic, broker["KAFKA_BOOTSTRAP_PLAINTEXT"]),
+        fast=False, api_key=api_key, dead_letters="dl",
+        flexprice={"max_in_flight": 1, "batching": {"count": 50, "period": "200ms"}}),
+        tmp_path / "stream.yaml")
 
 
 def _children(pid: int) -> dict[int, str]:

@@ -19,21 +19,20 @@ import pytest
 from flexprice_mock.server import MockFlexprice
 
 from flexprice_beam.launch.runner import run
-from tests.conftest import API_KEY, make_config, read_dead_letters
 from tests.ops_helpers import free_port, get
-from tests.reliability_helpers import (
-    FULL,
-    account,
+from tests.reliability_helpers import FULL, account, generator_ids, record, rss_mb
+from tests.support import (
+    API_KEY,
+    SEED,
     cli,
+    config_data,
+    config_file,
     finish,
-    generator_ids,
-    record,
-    rss_mb,
+    generate,
+    make_config,
+    read_dead_letters,
     wait_until,
-    write_config,
 )
-
-SEED = 7  # make_config's generator seed
 
 # name: (events, stand-in faults, output.flexprice overrides, what must be seen)
 MATRIX = {
@@ -126,13 +125,12 @@ def test_api_down_then_back_memory_stays_bounded(mock_api, tmp_path):
     batch, in_flight = 500, 4
     mock_api.set_faults({"fail_all_status": 503})  # down until the first request, see below
     metrics = free_port()
-    config = write_config(
-        tmp_path / "down.yaml", mock_api.host_port,
-        generate={"count": count, "batch_size": batch},
+    config = config_file(config_data(
+        mock_api, tmp_path, input=generate(count, batch_size=batch),
         flexprice={"batching": {"count": batch, "period": "200ms"}, "max_in_flight": in_flight,
                    "retry": {"max_attempts": 100_000, "initial_backoff": "100ms",
                              "max_backoff": "2s", "max_elapsed": f"{int(outage + 120)}s"}},
-        dead_letter=tmp_path / "dl")
+        dead_letters="dl"), tmp_path / "down.yaml")
     proc = cli(["run", "-c", str(config), "--summary-json", str(tmp_path / "summary.json"),
                 "--metrics-address", f"127.0.0.1:{metrics}", "--progress", "off"])
     try:

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from flexprice_beam.launch.runner import run
-from tests.conftest import make_config, read_dead_letters
 from tests.kafka_helpers import committed, good, new_topic, produce
-from tests.reliability_helpers import account, cli, finish, record, wait_until
+from tests.reliability_helpers import account, record
+from tests.support import cli, config_file, finish, kafka_input, make_config, read_dead_letters, wait_until
 
 pytestmark = [pytest.mark.kafka]
 
@@ -37,9 +37,8 @@ def test_kafka_input_under_a_fault_mix(broker, expansion, mock_api, tmp_path):
     metas = produce(topic, values)
     mock_api.set_faults({"seed": 11, "fault_rate": 0.3, "rate_hang": 0.03, "hang_s": 2,
                          "retry_after_s": 0})
-    cfg = make_config(mock_api, tmp_path, flexprice={"timeout": "500ms"}, input_={"kafka": {
-        "addresses": [broker["KAFKA_BOOTSTRAP_PLAINTEXT"]], "topics": [topic],
-        "consumer_group": f"g-{topic}", "max_records": len(values), "max_read_time": "90s"}})
+    cfg = make_config(mock_api, tmp_path, flexprice={"timeout": "500ms"}, input_=kafka_input(
+        topic, broker["KAFKA_BOOTSTRAP_PLAINTEXT"], max_records=len(values), max_read_time="90s"))
     summary = run(cfg)
     assert summary.ok, summary.render()
     dead = read_dead_letters(cfg)
@@ -61,11 +60,8 @@ def test_kafka_sigterm_mid_run_exits_now_and_restart_reads_again(broker, mock_ap
     mock_api.set_faults({"latency_ms": 300})  # 60 requests, 2 in flight: ~9 s of delivery
     config = tmp_path / "k.yaml"
     cfg = make_config(mock_api, tmp_path, flexprice={"max_in_flight": 2, "batching": {"count": 25}},
-                      input_={"kafka": {"addresses": [broker["KAFKA_BOOTSTRAP_PLAINTEXT"]],
-                                        "topics": [topic], "consumer_group": f"g-{topic}",
-                                        "max_records": n, "max_read_time": "90s"}})
-    from tests.ops_helpers import config_file
-
+                      input_=kafka_input(topic, broker["KAFKA_BOOTSTRAP_PLAINTEXT"],
+                                         max_records=n, max_read_time="90s"))
     config_file(cfg, config)
     args = ["run", "-c", str(config), "--no-metrics", "--progress", "off"]
     proc = cli(args)

@@ -24,17 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability_helpers import (
-    account,
-    cli,
-    finish,
-    generator_ids,
-    record,
-    wait_until,
-    write_config,
-)
+from tests.reliability_helpers import account, generator_ids, record
+from tests.support import SEED, cli, config_data, config_file, finish, generate, wait_until
 
-SEED = 7
 RUN = ["--progress", "off", "--no-metrics"]
 
 
@@ -68,9 +60,9 @@ def _stop_after(mock_api, config: Path, summary: Path, stored: int, sig: signal.
 
 
 def test_sigterm_on_unbounded_generator_flushes_and_rerun_is_exactly_once(mock_api, tmp_path):
-    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
-                          generate={"count": 0, "interval": "0.4ms", "batch_size": 200},
-                          dead_letter=tmp_path / "dl")
+    config = config_file(config_data(
+        mock_api, tmp_path, input=generate(0, interval="0.4ms", batch_size=200),
+        dead_letters="dl"), tmp_path / "c.yaml")
     err, s1 = _stop_after(mock_api, config, tmp_path / "first.json", 3000, signal.SIGTERM, 143)
     assert "Received SIGTERM" in err and "Stopped by SIGTERM" in err
     assert s1["balanced"] and s1["read"] == s1["accepted"] >= 3000, s1
@@ -89,9 +81,9 @@ def test_sigterm_on_unbounded_generator_flushes_and_rerun_is_exactly_once(mock_a
 def test_sigint_on_bounded_run_then_rerun_completes_exactly_once(mock_api, tmp_path):
     count = 20_000
     mock_api.set_faults({"latency_ms": 100})  # ~2000 events/s: a run of ~10 s to interrupt
-    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
-                          generate={"count": count, "batch_size": 100},
-                          flexprice={"max_in_flight": 2}, dead_letter=tmp_path / "dl")
+    config = config_file(config_data(
+        mock_api, tmp_path, input=generate(count, batch_size=100),
+        flexprice={"max_in_flight": 2}, dead_letters="dl"), tmp_path / "c.yaml")
     err, s1 = _stop_after(mock_api, config, tmp_path / "first.json", 1000, signal.SIGINT, 130)
     assert "Received SIGINT" in err and "Stopped by SIGINT" in err
     assert s1["balanced"] and s1["read"] == s1["accepted"] < count, s1
@@ -111,9 +103,9 @@ def test_sigint_on_bounded_run_then_rerun_completes_exactly_once(mock_api, tmp_p
 def test_second_signal_exits_at_once_and_rerun_resends_what_was_in_flight(mock_api, tmp_path):
     count = 3000
     mock_api.set_faults({"latency_ms": 4000})  # answers take 4 s: batches sit in flight
-    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
-                          generate={"count": count, "batch_size": 100},
-                          flexprice={"timeout": "10s"}, dead_letter=tmp_path / "dl")
+    config = config_file(config_data(
+        mock_api, tmp_path, input=generate(count, batch_size=100),
+        flexprice={"timeout": "10s"}, dead_letters="dl"), tmp_path / "c.yaml")
     proc = cli(_run_args(config, tmp_path / "first.json"))
     wait_until(lambda: mock_api.stats()["connections_opened"] > 0, 60, what="a request")
     time.sleep(0.3)
@@ -137,11 +129,11 @@ def test_second_signal_exits_at_once_and_rerun_resends_what_was_in_flight(mock_a
 def test_sigterm_while_api_down_dead_letters_after_the_grace(mock_api, tmp_path):
     count = 5000
     mock_api.set_faults({"fail_all_status": 503})
-    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
-                          generate={"count": count, "batch_size": 100},
-                          flexprice={"retry": {"max_attempts": 10_000, "initial_backoff": "50ms",
-                                               "max_backoff": "500ms", "max_elapsed": "10m"}},
-                          dead_letter=tmp_path / "dl")
+    config = config_file(config_data(
+        mock_api, tmp_path, input=generate(count, batch_size=100),
+        flexprice={"retry": {"max_attempts": 10_000, "initial_backoff": "50ms",
+                             "max_backoff": "500ms", "max_elapsed": "10m"}},
+        dead_letters="dl"), tmp_path / "c.yaml")
     summary = tmp_path / "first.json"
     proc = cli(_run_args(config, summary, "--shutdown-grace", "2"))
     wait_until(lambda: len(mock_api.requests_log) >= 8, 60, what="retries")
@@ -168,10 +160,10 @@ def test_sigterm_while_api_down_dead_letters_after_the_grace(mock_api, tmp_path)
 
 @pytest.mark.parametrize("status,key", [(401, "wrong-key"), (403, "forbidden-key")])
 def test_401_403_stop_the_run_fast(mock_api, tmp_path, status, key):
-    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
-                          generate={"count": 50_000, "batch_size": 500},
-                          flexprice={"retry": {"initial_backoff": "10ms"}},
-                          dead_letter=tmp_path / "dl", api_key=key)
+    config = config_file(config_data(
+        mock_api, tmp_path, input=generate(50_000, batch_size=500),
+        flexprice={"retry": {"initial_backoff": "10ms"}}, dead_letters="dl", api_key=key),
+        tmp_path / "c.yaml")
     began = time.monotonic()
     code, out, err = finish(cli(_run_args(config, tmp_path / "s.json")), 60)
     took = time.monotonic() - began
@@ -211,9 +203,9 @@ def test_full_disk_under_the_dead_letters_fails_the_run_naming_it(mock_api, tmp_
         def preexec():  # this process may write no regular file beyond 64 KiB
             resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
-    config = write_config(tmp_path / "c.yaml", mock_api.host_port,
-                          generate={"count": 3000, "customers": [""]},  # all invalid
-                          dead_letter=target / "dl")
+    config = config_file(config_data(
+        mock_api, tmp_path, input=generate(3000, customers=[""]),  # all invalid
+        dead_letters=target / "dl"), tmp_path / "c.yaml")
     try:
         proc = cli(["run", "-c", str(config), *RUN], preexec_fn=preexec)
         code, out, err = finish(proc, 60)

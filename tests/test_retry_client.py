@@ -7,8 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 from flexprice_beam.core.config import FlexpriceOutput
+from flexprice_beam.io.api import InsecureTransportError
 from flexprice_beam.io.flexprice.policy import Answer, Kind, RetryPolicy, Throttle, parse_retry_after
-from flexprice_beam.io.flexprice.transport import HttpTransport, InsecureTransportError
+from flexprice_beam.io.flexprice.transport import HttpTransport
 
 
 @pytest.mark.parametrize("status,kind", [

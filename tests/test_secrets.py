@@ -27,7 +27,7 @@ from flexprice_beam.io.secrets import ENV_PROVIDER, SecretError, resolve_api_key
 from flexprice_beam.launch.runner import pipeline_options, run
 from flexprice_beam.pipelines import collector
 from tests import secret_scan
-from tests.conftest import make_config
+from tests.support import kafka_input, make_config
 from tests.test_dataflow_translation import DATAFLOW_ARGS, translate
 
 HOST = "api.cloud.flexprice.io"
@@ -168,12 +168,14 @@ def test_the_java_consumer_config_names_the_variable_and_kafka_s_provider(monkey
         "sasl_plain_password"] == "pw-from-env"
 
 
+@pytest.mark.kafka  # the jars scripts/kafka.sh install fetches with Maven
 def test_env_var_config_provider_exists_in_the_kafka_clients_we_ship():
     """EnvVarConfigProvider came with kafka-clients 3.5; the jars on the classpath have it."""
     import zipfile
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / ".cache"
+    # where scripts/kafka.sh and flink.sh cache them (FLEXPRICE_CACHE_DIR, else .cache)
+    root = Path(os.environ.get("FLEXPRICE_CACHE_DIR") or Path(__file__).resolve().parents[1] / ".cache")
     jars = [j for j in root.rglob("kafka-clients-*.jar") if "m2" not in j.parts]
     assert jars, "scripts/kafka.sh install / scripts/flink.sh install provide kafka-clients"
     for jar in jars:
@@ -276,12 +278,11 @@ def test_a_local_sasl_ssl_run_reads_the_password_from_the_environment(broker, ex
     # the expansion service JVM was started with this process's environment (conftest)
     assert broker["KAFKA_SASL_PASSWORD"] == os.environ.get("KAFKA_SASL_PASSWORD"), \
         "run with `eval \"$(scripts/kafka.sh env)\"` (scripts/test.sh does)"
-    cfg = make_config(mock_api, tmp_path, input_={"kafka": {
-        "addresses": [broker["KAFKA_BOOTSTRAP_SASL_SSL"]], "topics": [topic],
-        "consumer_group": f"g-{topic}", "max_records": 30, "max_read_time": "60s",
-        "sasl": {"mechanism": "SCRAM-SHA-512", "user": broker["KAFKA_SASL_USERNAME"],
-                 "password_env": "KAFKA_SASL_PASSWORD"},
-        "tls": {"enabled": True, "ca_file": broker["KAFKA_CA_PEM"]}}})
+    cfg = make_config(mock_api, tmp_path, input_=kafka_input(
+        topic, broker["KAFKA_BOOTSTRAP_SASL_SSL"], max_records=30, max_read_time="60s",
+        sasl={"mechanism": "SCRAM-SHA-512", "user": broker["KAFKA_SASL_USERNAME"],
+              "password_env": "KAFKA_SASL_PASSWORD"},
+        tls={"enabled": True, "ca_file": broker["KAFKA_CA_PEM"]}))
     summary = run(cfg)
     assert summary.ok and summary.accepted == 30, summary.render()
     assert sum(committed(f"g-{topic}", topic).values()) == 30

@@ -29,9 +29,10 @@ from flexprice_beam.core.config import KafkaInput, load_config_text
 from flexprice_beam.io.kafka import java_consumer_config, python_client_config
 from flexprice_beam.launch.runner import pipeline_options, run
 from flexprice_beam.pipelines import collector
-from tests.conftest import API_KEY, make_config, read_dead_letters
+from tests import support
 from tests.ops_helpers import free_port, get
-from tests.reliability_helpers import cli, finish, record, write_config
+from tests.reliability_helpers import record
+from tests.support import API_KEY, cli, finish, make_config, read_dead_letters
 
 # ------------------------------------------------------------------ secrets
 
@@ -60,9 +61,10 @@ def test_the_api_key_appears_in_no_output_log_or_file(keyed_mock, tmp_path):
     mock_api.set_api_key(secret)
     seen: dict[str, str] = {}
 
-    def config(name, **kw):
-        path = write_config(tmp_path / f"{name}.yaml", mock_api.host_port, dead_letter=tmp_path / "dl",
-                            api_key="${FLEXPRICE_API_KEY}", **kw)
+    def config(name, events: dict, **kw):
+        data = support.config_data(mock_api, tmp_path, input=support.generate(**events),
+                                   dead_letters="dl", api_key="${FLEXPRICE_API_KEY}", **kw)
+        path = support.config_file(data, tmp_path / f"{name}.yaml")
         return str(path)
 
     # 1. a run with every path that writes text: DEBUG logs, metrics, 400 isolation, retries,
@@ -70,7 +72,7 @@ def test_the_api_key_appears_in_no_output_log_or_file(keyed_mock, tmp_path):
     mock_api.set_faults({"seed": 1, "reject_every_nth": 40, "rate_503": 0.1, "rate_reset": 0.05,
                          "latency_ms": 20})
     metrics = free_port()
-    cfg1 = config("run", generate={"count": 1500, "customers": ["cust_001", "", "cust_002"]},
+    cfg1 = config("run", events={"count": 1500, "customers": ["cust_001", "", "cust_002"]},
                   flexprice={"max_in_flight": 2})
     proc = cli(["run", "-c", cfg1, "--log-level", "DEBUG", "--metrics-address",
                 f"127.0.0.1:{metrics}", "--summary-json", str(tmp_path / "summary.json"),
@@ -408,3 +410,53 @@ def test_ping_reports_stopped_after_a_certificate_failure(tls_mock, tmp_path):
         summary = run(_https(tls_mock, tmp_path), metrics=server)
         code, body = get(server.url + "/ping")
     assert summary.error and code == 503 and "did not verify" in body
+
+
+# ------------------------------------------------------------------ off the hot path: check, read-back
+
+
+def _lookups_and_reads(cfg) -> tuple[object, object]:
+    """check's SDK look-ups (io.api.Lookups) and read-back's requests session (ApiClient)."""
+    from flexprice_beam.io.api import ApiClient, Lookups
+
+    lookups, api = Lookups(cfg.output.flexprice), ApiClient(cfg.output.flexprice)
+    try:
+        return lookups.features(), api.get("/v1/events", page_size=1)
+    finally:
+        lookups.close()
+        api.close()
+
+
+def test_check_and_read_back_refuse_a_self_signed_certificate(tls_mock, tmp_path):
+    from flexprice_beam.ops.check import run_check
+
+    features, events = _lookups_and_reads(_https(tls_mock, tmp_path))
+    for reply in (features, events):
+        assert reply.status is None and "CERTIFICATE_VERIFY_FAILED" in reply.error, reply
+    (problem,) = run_check(_https(tls_mock, tmp_path), sample=5).problems
+    assert problem.detail.startswith("unreachable") and "CERTIFICATE_VERIFY_FAILED" in problem.detail
+
+
+def test_check_and_read_back_with_skip_cert_verify_or_the_ca_trusted(tls_mock, tmp_path,
+                                                                     self_signed, monkeypatch,
+                                                                     caplog):
+    caplog.set_level(logging.WARNING, "flexprice_beam")
+    features, events = _lookups_and_reads(_https(tls_mock, tmp_path, skip_cert_verify=True))
+    assert features.status == 200 and events.status == 200, (features, events)
+    assert any("TLS certificate verification for Flexprice is OFF" in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", self_signed[0])
+    features, events = _lookups_and_reads(_https(tls_mock, tmp_path))
+    assert features.status == 200 and events.status == 200, (features, events)
+
+
+def test_check_and_read_back_through_an_authenticating_connect_proxy(tls_mock, tmp_path,
+                                                                     self_signed, monkeypatch):
+    proxy = _ConnectProxy("corp", "p@ss")
+    try:
+        _use_proxy(monkeypatch, proxy, "corp:p%40ss", self_signed[0])
+        features, events = _lookups_and_reads(_https(tls_mock, tmp_path))
+        assert features.status == 200 and events.status == 200, (features, events)
+        assert set(proxy.tunnels) == {tls_mock.host_port} and proxy.refused == 0
+    finally:
+        proxy.close()

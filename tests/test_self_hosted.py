@@ -16,6 +16,7 @@ from flexprice_mock import MockFlexprice
 from flexprice_beam.cli import main as cli_main
 from flexprice_beam.core.config import ConfigError, FlexpriceOutput, load_config_text
 from flexprice_beam.core.events import Record
+from flexprice_beam.io.api import ApiClient
 from flexprice_beam.io.flexprice.executor import Executor, deliver
 from flexprice_beam.io.flexprice.policy import FixedLimit, Kind, RetryPolicy, Throttle
 from flexprice_beam.io.flexprice.transport import HttpTransport, bulk_body
@@ -24,8 +25,7 @@ from flexprice_beam.launch.runner import run
 from flexprice_beam.ops.check import run_check
 from flexprice_beam.ops.replay import replay
 from flexprice_beam.transforms.validate import Prepared
-from tests.conftest import make_config, read_dead_letters
-from tests.ops_helpers import config_file
+from tests.support import config_file, make_config, read_dead_letters
 
 CONFIG_KEY = "sk_local_flexprice_test_key"  # the server's default local key (config file)
 ENV = "env_local"
@@ -258,7 +258,7 @@ def test_run_summary_read_back_says_queued_not_missing(tmp_path, capsys):
         assert held["queued"] >= 1  # 400 events at 10/s: the later batches are still queued
         assert "still queued" in line and "missing" not in line and "lost" not in line
         m.drain_queue()
-        client = HttpTransport(cfg.output.flexprice)
+        client = ApiClient(cfg.output.flexprice)
         keys = [(e["event_id"], e["timestamp"]) for e in m.events()[:10]]
         later = read_back(client, keys, wait=2)
         assert later.readable == 10 and later.queued == 0
@@ -269,7 +269,7 @@ def test_read_back_waits_a_bounded_time_and_counts_repeats_once(tmp_path):
     with MockFlexprice(api_key="test-key", queued=True, queue_delay_s=30) as m:
         cfg = make_config(m, tmp_path, count=100)
         assert run(cfg).ok
-        client = HttpTransport(cfg.output.flexprice)
+        client = ApiClient(cfg.output.flexprice)
         keys = [(e["event_id"], e["timestamp"]) for e in _accepted(cfg, m)[:5]]
         began = time.monotonic()
         held = read_back(client, keys, wait=1.0, poll=0.2)

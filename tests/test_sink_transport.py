@@ -20,8 +20,7 @@ from flexprice_beam.io.flexprice.sink import Delivered
 from flexprice_beam.io.flexprice.transport import BULK_PATH, HttpTransport, bulk_body
 from flexprice_beam.io.flexprice.transport import proxy_for as _proxy_for
 from flexprice_beam.transforms.validate import Prepared
-
-from .conftest import API_KEY
+from tests.support import API_KEY
 
 
 def _item(i: int, size: int = 10, origin: dict | None = None) -> Prepared:

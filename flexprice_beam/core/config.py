@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pydantic
 import yaml
 from pydantic import (
     BaseModel,
@@ -24,7 +25,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -33,9 +37,6 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-               "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 #: Flexprice's own limits (API-NOTES.md): no bulk request may exceed these.
 MAX_BULK_EVENTS = 1000
@@ -62,22 +63,25 @@ def parse_duration(value: Any) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
 
 
-def parse_size(value: Any) -> int:
-    """``"4MB"`` → 4_000_000 bytes, ``"1MiB"`` → 1_048_576; bare numbers are bytes."""
+def _size(value: Any, parse: ValidatorFunctionWrapHandler) -> int:
+    """``"4MB"`` → 4_000_000 bytes, ``"1MiB"`` → 1_048_576; bare numbers are bytes
+    (``pydantic.ByteSize`` parses; this keeps the error saying what a size looks like)."""
     if isinstance(value, bool):
         raise ValueError("expected a size such as 4MB")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("size must not be negative")
-        return value
-    match = _SIZE_RE.match(str(value))
-    if not match:
-        raise ValueError(f"invalid size {value!r}: expected e.g. 512KB, 4MB, 1MiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+    if isinstance(value, int) and value < 0:
+        raise ValueError("size must not be negative")
+    try:
+        return int(parse(value))
+    except ValidationError as exc:
+        if {e["type"] for e in exc.errors()} <= {"byte_size", "byte_size_unit"}:
+            raise ValueError(f"invalid size {value!r}: expected e.g. 512KB, 4MB, 1MiB") from None
+        raise  # a bound (ge/le) the field sets: pydantic's own words
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
+ByteSize = Annotated[pydantic.ByteSize, WrapValidator(_size)]
+#: ``parse_size("4MB") == 4_000_000``
+parse_size = TypeAdapter(ByteSize).validate_python
 
 
 class _Model(BaseModel):

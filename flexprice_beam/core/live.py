@@ -8,6 +8,7 @@ move; on a distributed runner the workers' copies are simply never read.
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 import time
@@ -19,6 +20,10 @@ NAMESPACE = "flexprice"
 #: accepted events remembered for ``run --read-back`` (one per accepted batch, the first ones)
 SAMPLE = 50
 _DEAD_BY_STAGE = re.compile(r"^dead_lettered_([a-z]+)_(\w+)$")
+#: request latency bucket bounds in seconds (Prometheus ``le``), 1 ms – 30 s: a local
+#: stand-in answers in ~1 ms, the API in tens of ms, a timeout ends at ``timeout`` (10 s)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0)
 
 
 class LiveRegistry:
@@ -33,6 +38,8 @@ class LiveRegistry:
             self._counters: dict[str, int] = {}
             self._gauges: dict[str, float] = {}
             self._dists: dict[str, list[float]] = {}  # name → [count, sum, min, max]
+            #: name → (bucket bounds, count per bucket (the last is +Inf), [sum])
+            self._hists: dict[str, tuple[tuple[float, ...], list[int], list[float]]] = {}
             self._state = "idle"
             self._error: str | None = None
             self._stopped: str | None = None
@@ -61,6 +68,17 @@ class LiveRegistry:
                 d[1] += value
                 d[2] = min(d[2], value)
                 d[3] = max(d[3], value)
+
+    def observe_histogram(self, name: str, value: float,
+                          bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        """One observation into its bucket (the first bound ≥ value): a bisect and two adds."""
+        i = bisect.bisect_left(bounds, value)
+        with self._lock:
+            h = self._hists.get(name)
+            if h is None:
+                h = self._hists[name] = (bounds, [0] * (len(bounds) + 1), [0.0])
+            h[1][i] += 1
+            h[2][0] += value
 
     def sample_accepted(self, event_id: str, timestamp: str) -> None:
         """Remember an accepted (event_id, timestamp) for read-back, up to ``SAMPLE``."""
@@ -112,6 +130,7 @@ class LiveRegistry:
                 "gauges": dict(self._gauges),
                 "distributions": {k: {"count": int(v[0]), "sum": v[1], "min": v[2], "max": v[3]}
                                   for k, v in self._dists.items()},
+                "histograms": {k: _cumulative(*v) for k, v in self._hists.items()},
                 "final": self._final,
             }
 
@@ -119,6 +138,16 @@ class LiveRegistry:
     def healthy(self) -> bool:
         with self._lock:
             return self._stopped is None and self._state != "failed"
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int], total: list[float]) -> dict:
+    """Prometheus' shape: ``buckets`` [(le, observations ≤ le)], ``le`` as its text says it
+    ("0.005"), ending with "+Inf" = count (also valid JSON for /stats)."""
+    running, buckets = 0, []
+    for le, n in zip((*map(repr, bounds), "+Inf"), counts, strict=True):
+        running += n
+        buckets.append((le, running))
+    return {"buckets": buckets, "count": running, "sum": total[0]}
 
 
 LIVE = LiveRegistry()
@@ -197,6 +226,23 @@ class Distribution:
         LIVE.observe(self.name, value)
 
 
+class Histogram:
+    """Latencies in seconds: bucketed in ``LIVE`` for ``/metrics`` (a Prometheus histogram,
+    so p99 can be computed), and, when ``ms`` names one, also a Beam distribution in
+    milliseconds (Beam's hold integers): what Flink's and Dataflow's metrics show."""
+
+    def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS,
+                 ms: str | None = None):
+        self.name = name
+        self.buckets = tuple(sorted(buckets))
+        self._ms = Distribution(ms) if ms else None
+
+    def observe(self, seconds: float) -> None:
+        LIVE.observe_histogram(self.name, seconds, self.buckets)
+        if self._ms is not None:
+            self._ms.update(int(seconds * 1000))
+
+
 class Gauge:
     def __init__(self, name: str):
         self.name = name
@@ -213,6 +259,11 @@ def counter(name: str) -> Counter:
 
 def distribution(name: str) -> Distribution:
     return Distribution(name)
+
+
+def histogram(name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS,
+              ms: str | None = None) -> Histogram:
+    return Histogram(name, buckets, ms)
 
 
 def gauge(name: str) -> Gauge:

@@ -71,6 +71,11 @@ class OffsetTracker:
         with self._lock:
             self._committed.update(offsets)
 
+    def committed(self) -> dict[Partition, int]:
+        """What was committed so far, per partition (the next offset to consume)."""
+        with self._lock:
+            return dict(self._committed)
+
     def start_committer(self, commit, interval: float = 5.0) -> None:
         """Call ``commit(offsets)`` every ``interval`` seconds with what became committable."""
         with self._lock:
@@ -80,6 +85,10 @@ class OffsetTracker:
             self._committer = threading.Thread(target=self._loop, args=(commit, interval),
                                                name="kafka-offset-commit", daemon=True)
             self._committer.start()
+
+    def stop(self) -> None:
+        """End the committer thread (it is a daemon: a run that exits need not call this)."""
+        self._stop.set()
 
     def _loop(self, commit, interval: float) -> None:
         while not self._stop.wait(interval):

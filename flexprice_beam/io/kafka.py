@@ -7,12 +7,14 @@
 * Identity comes from the source: ``event_id`` defaults to ``kafka-<topic>-<partition>-
   <offset>`` and ``timestamp`` to the Kafka record's timestamp, so a re-read after a
   restart, replay or rebalance yields byte-identical events that Flexprice deduplicates.
-* Offsets: see ``CommitDeliveredOffsets`` and docs/runners.md.
+* Offsets follow delivery by one policy, ``OffsetCommit.for_runner``, chosen from what
+  the runner can do (core/capabilities.py); see docs/runners.md.
 """
 
 from __future__ import annotations
 
 import base64
+import enum
 import logging
 import os
 from collections.abc import Iterable
@@ -24,6 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from flexprice_beam.core.capabilities import RunnerCapabilities
 from flexprice_beam.core.config import KafkaInput
 from flexprice_beam.core.events import Record, rfc3339_from_millis
 from flexprice_beam.core.offsets import TRACKER, kafka_position
@@ -110,6 +113,27 @@ def python_client_config(cfg: KafkaInput) -> dict[str, Any]:
             ctx.verify_mode = ssl.CERT_NONE
             conf["ssl_context"] = ctx
     return conf
+
+
+class OffsetCommit(enum.Enum):
+    """How the consumer group's offsets follow delivery: never ahead of an event that was
+    read but is not yet accepted, dead-lettered or filtered."""
+
+    #: KafkaIO's ``commit_offset_in_finalize``: a checkpoint that covers delivery completes
+    #: (the sink and dead letters finish their bundles before it), then KafkaIO commits.
+    CHECKPOINT = "checkpoint"
+    #: core/offsets.py: every record is tracked in this process from decode to its end and
+    #: a thread commits below the oldest still in flight (a streaming runner that never
+    #: finalizes a checkpoint and runs our DoFns here: Prism with LOOPBACK).
+    TRACKER = "tracker"
+    #: ``CommitDeliveredOffsets``: once, when the whole bounded input was handled.
+    AFTER_RUN = "after_run"
+
+    @classmethod
+    def for_runner(cls, caps: RunnerCapabilities) -> OffsetCommit:
+        if not caps.streaming:
+            return cls.AFTER_RUN
+        return cls.CHECKPOINT if caps.finalizes_checkpoints else cls.TRACKER
 
 
 def record_id(topic: str, partition: int, offset: int) -> str:
@@ -226,13 +250,14 @@ class _DecodeAndBatchFn(beam.DoFn):
 class ReadKafkaRecords(beam.PTransform):
     """PBegin → PCollection[list[Record]] from the configured topics."""
 
-    def __init__(self, cfg: KafkaInput, commit_in_finalize: bool = False,
-                 expansion_service: str | None = None, track_offsets: bool = False):
-        """``expansion_service``: HOST:PORT (see io/expansion.py); None = Beam's default."""
+    def __init__(self, cfg: KafkaInput, commit: OffsetCommit = OffsetCommit.AFTER_RUN,
+                 expansion_service: str | None = None):
+        """``commit``: ``OffsetCommit.for_runner``; with ``AFTER_RUN`` the caller applies
+        ``CommitDeliveredOffsets``. ``expansion_service``: HOST:PORT (see io/expansion.py);
+        None = Beam's default."""
         super().__init__()
-        self._track_offsets = track_offsets
         self._cfg = cfg
-        self._commit_in_finalize = commit_in_finalize
+        self._commit = commit
         self._expansion_service = expansion_service
 
     def expand(self, pbegin):
@@ -247,14 +272,15 @@ class ReadKafkaRecords(beam.PTransform):
             consumer_config=java_consumer_config(cfg),
             topics=list(cfg.topics),
             with_metadata=True,
-            commit_offset_in_finalize=self._commit_in_finalize,
+            commit_offset_in_finalize=self._commit is OffsetCommit.CHECKPOINT,
             max_num_records=cfg.max_records,
             max_read_time=int(cfg.max_read_time) if cfg.max_read_time else None,
             expansion_service=self._expansion_service,
         )
         return (pbegin | "ReadFromKafka" >> read
                 | "DecodeAndBatch" >> beam.ParDo(
-                    _DecodeAndBatchFn(cfg, self._track_offsets)).with_output_types(Batch))
+                    _DecodeAndBatchFn(cfg, self._commit is OffsetCommit.TRACKER)
+                ).with_output_types(Batch))
 
 
 def _offset_of(origin: dict | None) -> list[tuple[tuple[str, int], int]]:

@@ -13,11 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import asdict, dataclass
-from urllib.parse import urlencode
 
 from flexprice_beam.core.events import parse_timestamp, rfc3339
-from flexprice_beam.io.flexprice.policy import Kind
-from flexprice_beam.io.flexprice.transport import HttpTransport
+from flexprice_beam.io.api import ApiClient, Kind
 
 #: the most rows the server returns per page
 PAGE = 50
@@ -71,12 +69,12 @@ def _ms(timestamp: str) -> int | None:
         return None
 
 
-def rows_for(client: HttpTransport, event_id: str, timestamp: str) -> tuple[int | None, str]:
+def rows_for(client: ApiClient, event_id: str, timestamp: str) -> tuple[int | None, str]:
     """How many rows read-back shows for (event_id, timestamp); None and why on failure."""
     start, end = _window(timestamp)
-    query = urlencode({"event_id": event_id, "start_time": start, "end_time": end,
-                       "page_size": PAGE})
-    answer, body = client.get_json(f"/v1/events?{query}")
+    answer = client.get("/v1/events", event_id=event_id, start_time=start, end_time=end,
+                        page_size=PAGE)
+    body = answer.data
     if answer.kind is not Kind.ACCEPTED or not isinstance(body, dict):
         return None, answer.describe()[:200]
     want = _ms(timestamp)
@@ -85,7 +83,7 @@ def rows_for(client: HttpTransport, event_id: str, timestamp: str) -> tuple[int 
     return len(rows), ""
 
 
-def read_back(client: HttpTransport, keys: list[tuple[str, str]], wait: float,
+def read_back(client: ApiClient, keys: list[tuple[str, str]], wait: float,
               poll: float = 1.0) -> Held:
     """Look up each (event_id, timestamp) until all are readable or ``wait`` seconds pass."""
     keys = list(dict.fromkeys(keys))

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
-    SummaryMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -44,10 +44,9 @@ _HELP = {
     "retries": "Requests retried (429, 5xx, connection errors, timeouts)",
     "requests_sent": "HTTP requests to Flexprice",
     "batches_sent": "API batches completed",
-    "cumulativeThrottlingSeconds": "Seconds requests were held back by backoff and Retry-After "
-                                   "(Beam's standard throttling counter)",
-    "request_latency_ms": "Flexprice request latency",
-    "batch_size_events": "Events per request to Flexprice",
+    "throttling_seconds": "Seconds requests were held back by backoff and Retry-After "
+                          "(Beam: cumulativeThrottlingSeconds)",
+    "request_duration_seconds": "Flexprice request latency, first attempts and retries",
 }
 
 
@@ -96,9 +95,11 @@ class _LiveCollector:
         yield GaugeMetricFamily("flexprice_events_in_flight",
                                 "Events read but not yet accepted, dead-lettered or filtered",
                                 value=rec["in_flight"])
-        for name, d in sorted(snap["distributions"].items()):
-            yield SummaryMetricFamily(f"flexprice_{name}", _HELP.get(name, name),
-                                      count_value=d["count"], sum_value=d["sum"])
+        # Distributions (integers, e.g. request_latency_ms for Beam) stay in /stats; the
+        # scrape has histograms in seconds, Prometheus' base unit
+        for name, h in sorted(snap["histograms"].items()):
+            yield HistogramMetricFamily(f"flexprice_{name}", _HELP.get(name, name),
+                                        buckets=h["buckets"], sum_value=h["sum"])
         yield GaugeMetricFamily("flexprice_up", "1 while the collector can deliver",
                                 value=1 if self._live.healthy else 0)
         yield GaugeMetricFamily("flexprice_uptime_seconds", "Seconds since the run began",
@@ -116,7 +117,8 @@ def stats(registry: LiveRegistry = LIVE) -> dict[str, Any]:
         "events_per_s": round(read / uptime, 1) if uptime else 0.0,
         **stage_counts(snap["counters"]),
         "counters": snap["counters"], "gauges": snap["gauges"],
-        "distributions": snap["distributions"], "final": snap["final"],
+        "distributions": snap["distributions"], "histograms": snap["histograms"],
+        "final": snap["final"],
     }
 
 

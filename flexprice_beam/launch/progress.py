@@ -3,6 +3,12 @@
 A bounded run knows its total (``generate.count`` or ``kafka.max_records``) and redraws one
 line in place; an unbounded one logs a status line every ``interval`` seconds, which also
 reads well in a container's log.  Nothing here touches Beam: it only reads ``LIVE``.
+
+Not tqdm: tqdm draws when its owner calls ``update()``, but the numbers here live in another
+thread's registry, so the polling thread, the status-line mode (log records, no bar), the
+log-line wipe and the whole-run rate at the end would all stay; tqdm would replace only
+``render_bar``'s dozen lines, and its meter has no place for accepted/dead-lettered/retries
+nor thousands separators without a custom ``bar_format`` as long as the code it replaces.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from apache_beam.options.pipeline_options import (
 
 from flexprice_beam.core import live, shutdown
 from flexprice_beam.core.config import CollectorConfig
+from flexprice_beam.io.api import FlexpriceAuthError
 from flexprice_beam.io.expansion import ENV_ADDRESS, LocalExpansionService
-from flexprice_beam.io.flexprice.policy import FlexpriceAuthError
 from flexprice_beam.io.secrets import SecretError, resolve_api_key
 from flexprice_beam.launch.metrics_server import MetricsServer
 from flexprice_beam.launch.progress import Progress

@@ -4,6 +4,14 @@ Events Flexprice accepts (202) can still bill nothing: an ``event_name`` no mete
 a SUM over a property sent as a string, an unknown customer.  This reads a sample from the
 configured input, maps and validates it exactly as the pipeline would, and asks Flexprice
 (read-only: features with their meters, customers by external id) — it never sends events.
+
+Those two look-ups go through the official ``flexprice`` SDK (``io.api.Lookups``): it is
+generated from the server's OpenAPI document, covers both (``features.query_feature`` with
+``expand=meters``, ``customers.get_customer_by_external_id``), takes our base URL (the
+stand-in's ``http://127.0.0.1``), and sends ``x-api-key``, ``X-Environment-ID`` and the extra
+``headers:`` through the httpx client we give it.  It adds only httpx (small, pure Python;
+apache-beam[gcp] installs it anyway).  The one gap: it puts an external id into the path
+unquoted, so ``Lookups.customer`` quotes it first.
 """
 
 from __future__ import annotations
@@ -14,12 +22,10 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from flexprice_beam.core.config import CollectorConfig, KafkaInput
 from flexprice_beam.core.events import Record
-from flexprice_beam.io.flexprice.policy import Answer, Kind, auth_advice
-from flexprice_beam.io.flexprice.transport import HttpTransport
+from flexprice_beam.io.api import Kind, Lookups, Reply, auth_advice
 from flexprice_beam.io.secrets import SecretError
 from flexprice_beam.transforms.mapping import FILTERED, Mapper, MappingError
 from flexprice_beam.transforms.validate import InvalidEvent, prepare
@@ -120,13 +126,13 @@ def sample_kafka(cfg: KafkaInput, n: int, timeout: float = 10.0) -> list[Record]
 # ---------------------------------------------------------------- asking Flexprice
 
 
-def fetch_meters(client: HttpTransport) -> tuple[Answer, list[dict]]:
+def fetch_meters(client: Lookups) -> tuple[Reply, list[dict]]:
     """Every published feature with its meter (``expand: meters``), all pages."""
     items: list[dict] = []
     offset = 0
     while True:
-        answer, body = client.post_json("/v1/features/search",
-                                        {"expand": "meters", "limit": 1000, "offset": offset})
+        answer = client.features(offset=offset, limit=1000)
+        body = answer.data
         if answer.kind is not Kind.ACCEPTED or not isinstance(body, dict):
             return answer, items
         page = body.get("items") or []
@@ -137,7 +143,7 @@ def fetch_meters(client: HttpTransport) -> tuple[Answer, list[dict]]:
             return answer, items
 
 
-def _api(report: CheckReport, client: HttpTransport) -> dict[str, list[dict]] | None:
+def _api(report: CheckReport, client: Lookups) -> dict[str, list[dict]] | None:
     answer, features = fetch_meters(client)
     if answer.status is None:
         report.add(ERROR, "api", client.base_url, f"unreachable: {answer.error}")
@@ -252,11 +258,11 @@ def _check_event_names(report: CheckReport, meters: dict[str, list[dict]], event
             _check_property(report, name, meter, group, stringified)
 
 
-def _check_customers(report: CheckReport, client: HttpTransport, events: list[dict]) -> None:
+def _check_customers(report: CheckReport, client: Lookups, events: list[dict]) -> None:
     counts = Counter(e["external_customer_id"] for e in events)
     found = 0
     for cust, n in sorted(counts.items()):
-        answer, body = client.get_json(f"/v1/customers/external/{quote(cust, safe='')}")
+        answer = client.customer(cust)
         if answer.kind is Kind.ACCEPTED:
             found += 1
         elif answer.status == 404:
@@ -273,7 +279,7 @@ def run_check(cfg: CollectorConfig, sample: int = 100, timeout: float = 10.0) ->
     """Everything above, in order; stops early when the API or the input is unusable."""
     report = CheckReport()
     try:
-        client = HttpTransport(cfg.output.flexprice)
+        client = Lookups(cfg.output.flexprice)
     except SecretError as exc:  # e.g. api_key_env names a variable that is not set here
         report.add(ERROR, "api", "api_key", str(exc))
         return report

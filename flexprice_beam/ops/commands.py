@@ -27,7 +27,7 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from flexprice_beam.io.flexprice.transport import InsecureTransportError
+    from flexprice_beam.io.api import InsecureTransportError
     from flexprice_beam.ops.check import run_check
 
     try:
@@ -41,7 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from flexprice_beam.io.flexprice.transport import InsecureTransportError
+    from flexprice_beam.io.api import InsecureTransportError
     from flexprice_beam.ops.replay import replay
 
     try:

@@ -26,12 +26,11 @@ import orjson
 from flexprice_beam.core.config import CollectorConfig
 from flexprice_beam.core.events import Record, dead_letter, parse_timestamp
 from flexprice_beam.core.live import SAMPLE
+from flexprice_beam.io.api import ApiClient, FlexpriceAuthError
 from flexprice_beam.io.dead_letter import encode_dead_letter, lock_file
 from flexprice_beam.io.dead_letter_files import is_local, letter_files, read_file, write_atomically
 from flexprice_beam.io.flexprice.executor import deliver
-from flexprice_beam.io.flexprice.policy import FlexpriceAuthError
 from flexprice_beam.io.flexprice.sink import BatchBuffer, delivery_dead_letter, executor_for
-from flexprice_beam.io.flexprice.transport import HttpTransport
 from flexprice_beam.io.readback import read_back
 from flexprice_beam.transforms.validate import InvalidEvent, Prepared, prepare
 
@@ -117,11 +116,6 @@ class Replayer:
 
     def close(self) -> None:
         self._engine.close()
-
-    @property
-    def client(self) -> HttpTransport:
-        """The transport the replay sent through (for the read-back after it)."""
-        return self._engine.transport
 
     def deliver(self, items: list[Prepared]) -> dict[int, dict | None]:
         """id(item) → None if accepted, else its new dead letter; raises on 401/403."""
@@ -275,8 +269,8 @@ def replay(cfg: CollectorConfig, path: str | None = None, stage: str | None = No
             for f in (letter_files(source) if source else ()):
                 replay_file(f, replayer, report, stage, since_ts, cfg.pipeline.big_numbers)
         if read_back_wait is not None and report.sample:
-            report.held_text = read_back(replayer.client, report.sample,
-                                         read_back_wait).render()
+            with ApiClient(cfg.output.flexprice) as api:
+                report.held_text = read_back(api, report.sample, read_back_wait).render()
     except FlexpriceAuthError as exc:
         report.error = str(exc)
         log.error("Replay stopped: %s", exc)

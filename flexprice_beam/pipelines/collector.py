@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from flexprice_beam.core.capabilities import RunnerCapabilities
 from flexprice_beam.core.config import CollectorConfig, ConfigError
 from flexprice_beam.io.dead_letter import WriteDeadLetters
 from flexprice_beam.io.flexprice.sink import WriteToFlexprice
 from flexprice_beam.io.generate import GenerateEvents
+from flexprice_beam.io.kafka import CommitDeliveredOffsets, OffsetCommit, ReadKafkaRecords
 from flexprice_beam.transforms.batches import Batch
 from flexprice_beam.transforms.mapping import DEAD_LETTER, MapRecords
 from flexprice_beam.transforms.validate import ValidateEvents
@@ -88,23 +90,22 @@ def is_streaming(p: beam.Pipeline) -> bool:
     return bool(p.options.view_as(StandardOptions).streaming)
 
 
+def offset_commit(p: beam.Pipeline) -> OffsetCommit:
+    """How Kafka offsets follow delivery on ``p``'s runner (io/kafka.py)."""
+    return OffsetCommit.for_runner(RunnerCapabilities.of(p.runner, p.options))
+
+
 def read_records(cfg: CollectorConfig, streaming: bool, expansion_service: str | None = None,
-                 prism: bool = False) -> beam.PTransform:
-    """The configured source as a PTransform PBegin → PCollection[list[Record]]."""
+                 commit: OffsetCommit = OffsetCommit.AFTER_RUN) -> beam.PTransform:
+    """The configured source as a PTransform PBegin → PCollection[list[Record]];
+    ``commit``: the Kafka offset policy (``OffsetCommit.for_runner``)."""
     if cfg.input.generate is not None:
         return GenerateEvents(cfg.input.generate)
     if cfg.input.kafka.bounded and not streaming:
         from flexprice_beam.io.kafka_range import ReadKafkaRange
 
         return ReadKafkaRange(cfg.input.kafka)  # a range fixed at the start, then the end
-    from flexprice_beam.io.kafka import ReadKafkaRecords  # Java expansion only when used
-
-    # Streaming runners commit offsets when a checkpoint that covers delivery completes;
-    # Prism cannot (no stable input), so an in-process tracker commits there (core/offsets.py);
-    # bounded runs commit once at the end (CommitDeliveredOffsets).
-    return ReadKafkaRecords(cfg.input.kafka, commit_in_finalize=streaming and not prism,
-                            expansion_service=expansion_service,
-                            track_offsets=streaming and prism)
+    return ReadKafkaRecords(cfg.input.kafka, commit, expansion_service)
 
 
 @dataclass
@@ -121,8 +122,8 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     refuse_literal_secrets(cfg, p.options)
     streaming = is_streaming(p)
     expansion = p.options.view_as(CollectorOptions).kafka_expansion_service
-    prism = "prism" in str(p.options.view_as(StandardOptions).runner).lower()
-    records = p | "Read" >> read_records(cfg, streaming, expansion, prism)
+    commit = offset_commit(p)
+    records = p | "Read" >> read_records(cfg, streaming, expansion, commit)
     read_to = ()
     if isinstance(records, beam.pvalue.DoOutputsTuple):  # the bounded Kafka range reader
         from flexprice_beam.io.kafka_range import READ_TO
@@ -143,9 +144,8 @@ def build(p: beam.Pipeline, cfg: CollectorConfig, sink: beam.PTransform | None =
     written = dead_letters | "WriteDeadLetters" >> (
         dead_letter_sink or WriteDeadLetters(cfg.output.dead_letter))
     kafka = cfg.input.kafka
-    if kafka is not None and kafka.commit_offsets and deliveries is not None and not streaming:
-        from flexprice_beam.io.kafka import CommitDeliveredOffsets
-
+    if kafka is not None and kafka.commit_offsets and deliveries is not None and \
+            commit is OffsetCommit.AFTER_RUN:
         (deliveries, written, *read_to) | "CommitDeliveredOffsets" >> CommitDeliveredOffsets(
             kafka)
     return CollectorOutputs(deliveries, dead_letters)

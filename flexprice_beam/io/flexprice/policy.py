@@ -19,13 +19,9 @@ import time
 from dataclasses import dataclass
 
 from flexprice_beam.core.config import FlexpriceOutput, RetryConfig
+from flexprice_beam.io.api import FlexpriceAuthError, Kind, auth_advice, describe, kind_of
 
-
-class Kind(enum.Enum):
-    ACCEPTED = "accepted"  # 2xx
-    REJECTED = "rejected"  # 4xx other than auth/408/429: the events themselves are bad
-    AUTH = "auth"  # 401/403, certificate, proxy credentials: retrying cannot help
-    RETRY = "retry"  # 408, 429, 5xx, connection errors, timeouts
+__all__ = ["FlexpriceAuthError", "Kind"]  # shared with io/api.py (check, read-back)
 
 
 class Action(enum.Enum):
@@ -34,10 +30,6 @@ class Action(enum.Enum):
     SPLIT = "split"
     DEAD_LETTER = "dead_letter"
     STOP = "stop"
-
-
-class FlexpriceAuthError(RuntimeError):
-    """Flexprice (or the way to it) refuses us for good: the run must stop."""
 
 
 @dataclass(slots=True)
@@ -57,12 +49,7 @@ class Answer:
 
     @property
     def kind(self) -> Kind:
-        s = self.status
-        if self.fatal or s in (401, 403):
-            return Kind.AUTH
-        if s is None or s == 429 or s >= 500 or s == 408:
-            return Kind.RETRY
-        return Kind.ACCEPTED if 200 <= s < 300 else Kind.REJECTED
+        return Kind.AUTH if self.fatal else kind_of(self.status)
 
     @property
     def overloaded(self) -> bool:
@@ -70,12 +57,8 @@ class Answer:
         return self.kind is Kind.RETRY
 
     def describe(self) -> str:
-        if self.status is None:
-            return f"no response: {self.error}"
-        if self.note:
-            return f"HTTP {self.status} (assumed: {self.note}; {self.error})"
-        text = self.body.strip().replace("\n", " ")
-        return f"HTTP {self.status}: {text[:500]}" if text else f"HTTP {self.status}"
+        return describe(self.status, self.body,
+                        f"assumed: {self.note}; {self.error}" if self.note else self.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,20 +108,6 @@ def stop_reason(answer: Answer, base_url: str, environment_id: str | None) -> st
                 "output.flexprice.skip_cert_verify: true; stopping without retries")
     return (f"Flexprice refused the API key: {answer.describe()} — "
             f"{auth_advice(answer, environment_id)}; stopping without retries")
-
-
-def auth_advice(answer: Answer, environment_id: str | None) -> str:
-    """What to fix after a 401/403, from the server's own words."""
-    if answer.status == 403 and "environment" in answer.body.lower():
-        if environment_id:
-            return (f"environment {environment_id!r} does not exist for this key's tenant — "
-                    "check output.flexprice.environment_id")
-        return ("this key carries no environment (a key from the server's config file, as on "
-                "a self-hosted Flexprice): set output.flexprice.environment_id, sent as "
-                "X-Environment-ID")
-    if answer.status == 403:
-        return "the key lacks permission for this call — check its roles in Flexprice"
-    return "check output.flexprice.api_key / FLEXPRICE_API_KEY"
 
 
 def parse_retry_after(value: str | None) -> float | None:

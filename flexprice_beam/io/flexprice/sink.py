@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -160,8 +161,9 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._batches = live.counter("batches_sent")
         self._requests = live.counter("requests_sent")
         self._retries = live.counter("retries")
-        self._throttled = live.counter("cumulativeThrottlingSeconds")
-        self._latency = live.distribution("request_latency_ms")
+        # Beam's standard name, which Dataflow's autoscaler reads; /metrics has it snake_case
+        self._throttled = Metrics.counter(live.NAMESPACE, "cumulativeThrottlingSeconds")
+        self._latency = live.histogram("request_duration_seconds", ms="request_latency_ms")
         self._size = live.distribution("batch_size_events")
         self._in_flight = live.gauge("batches_in_flight")
         self._retry_causes: dict[str, object] = {}
@@ -255,11 +257,12 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._batches.inc()
         self._requests.inc(outcome.requests)
         for seconds in outcome.latencies:
-            self._latency.update(int(seconds * 1000))
+            self._latency.observe(seconds)
         for n in outcome.sizes:
             self._size.update(n)
         if outcome.throttled:  # whole seconds, rounded up as Beam's Datastore IO does
             self._throttled.inc(math.ceil(outcome.throttled))
+            live.LIVE.inc("throttling_seconds", math.ceil(outcome.throttled))
         for cause, n in outcome.retries.items():
             self._retries.inc(n)
             counter = self._retry_causes.get(cause)

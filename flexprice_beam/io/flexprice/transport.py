@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import ipaddress
 import logging
 import os
 import select
@@ -26,9 +25,14 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import certifi
-import orjson
 
 from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
+from flexprice_beam.io.api import (
+    check_transport,
+    redact,
+    request_headers,
+    secret_values,
+)
 from flexprice_beam.io.flexprice.policy import Answer, parse_retry_after
 from flexprice_beam.io.secrets import resolve_api_key
 
@@ -39,10 +43,6 @@ SINGLE_PATH = "/v1/events"
 #: seconds a connection may have been idle and still be reused without a dropped() check
 RECHECK_IDLE = 1.0
 _ERRORS = (OSError, http.client.HTTPException, ValueError)
-
-
-class InsecureTransportError(ValueError):
-    """Plain http to a host that is not this machine, without ``allow_insecure``."""
 
 
 @dataclass(slots=True, eq=False)
@@ -72,38 +72,18 @@ def bulk_body(bodies: list[bytes]) -> bytes:
     return b'{"events":[' + b",".join(bodies) + b"]}"
 
 
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class HttpTransport:
     """Requests to one Flexprice endpoint; single-threaded (one per executor)."""
 
     def __init__(self, cfg: FlexpriceOutput):
+        check_transport(cfg)  # plain http only to this machine (InsecureTransportError)
         self.base_url = cfg.base_url
         parts = urlsplit(self.base_url)
-        if parts.scheme == "http" and not cfg.allow_insecure and not _is_loopback(parts.hostname or ""):
-            raise InsecureTransportError(
-                f"refusing plain http to {parts.hostname}: the API key would travel in clear; "
-                "use scheme: https or set allow_insecure: true")
-        if cfg.skip_cert_verify:
-            log.warning("TLS certificate verification for Flexprice is OFF (skip_cert_verify): "
-                        "anyone on the path can read the API key and the events")
         self._timeout = cfg.timeout
         key = resolve_api_key(cfg)  # on the worker, in the sink's setup()
-        self._headers = {"x-api-key": key, "Content-Type": "application/json",
-                         "Accept": "application/json", "User-Agent": "flexprice-beam"}
-        if cfg.environment_id:  # a config-file key (self-hosted) carries no environment
-            self._headers["X-Environment-ID"] = cfg.environment_id
-        self._headers.update((k, v.get_secret_value()) for k, v in cfg.headers.items())
+        self._headers = request_headers(cfg, key)
         self.environment_id = cfg.environment_id
-        # extra header values may be gateway tokens: redact them like the key
-        self._secrets = [key, *(v.get_secret_value() for v in cfg.headers.values())]
+        self._secrets = secret_values(cfg, key)  # redacted from every error text
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
@@ -187,14 +167,6 @@ class HttpTransport:
     def post_bulk(self, bodies: list[bytes]) -> Answer:
         return self.request("POST", BULK_PATH, bulk_body(bodies))
 
-    def get_json(self, path: str) -> tuple[Answer, Any]:
-        answer = self.request("GET", path)
-        return answer, _loads(answer)
-
-    def post_json(self, path: str, payload: Any) -> tuple[Answer, Any]:
-        answer = self.request("POST", path, orjson.dumps(payload))
-        return answer, _loads(answer)
-
     def close(self) -> None:
         """Abandon what is in flight (its batches were not acknowledged: never counted)."""
         for fd in list(self._busy):
@@ -257,13 +229,9 @@ class HttpTransport:
                       fatal=fatal)
 
     def _redact(self, text: str) -> str:
-        """Error texts end up in logs and dead letters: never with the key in them (http.client
-        quotes a header value it cannot send, e.g. a key with a stray newline)."""
-        forms = {f for secret in self._secrets if secret
-                 for f in (secret, repr(secret)[1:-1], secret.strip())} - {""}
-        for form in sorted(forms, key=len, reverse=True):  # raw, as repr() quotes it, trimmed
-            text = text.replace(form, "***")
-        return text
+        """Error texts end up in logs and dead letters: never with a secret in them
+        (http.client quotes a header value it cannot send, e.g. a key with a newline)."""
+        return redact(text, self._secrets)
 
 
 def _answer(resp: http.client.HTTPResponse, data: bytes, started: float) -> Answer:
@@ -334,10 +302,3 @@ def _cert_failure(exc: BaseException) -> bool:
 def _proxy_refused(exc: BaseException) -> bool:
     """The HTTPS proxy answered CONNECT with 407: wrong or missing proxy credentials."""
     return isinstance(exc, OSError) and str(exc).startswith("Tunnel connection failed: 407")
-
-
-def _loads(answer: Answer) -> Any:
-    try:
-        return orjson.loads(answer.body) if answer.body else None
-    except orjson.JSONDecodeError:
-        return None
