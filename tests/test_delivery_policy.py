@@ -12,6 +12,7 @@ from flexprice_beam.io.flexprice.policy import (
     Action,
     Answer,
     FixedLimit,
+    Kind,
     RetryPolicy,
     Throttle,
     decide,
@@ -141,7 +142,8 @@ def test_a_shutdown_grace_ends_retrying():
 
 
 def test_the_overloaded_signal_for_the_limiter():
-    assert [Answer(s, "").overloaded for s in (202, 400, 401, 408, 429, 500, None)] == \
+    """The executor tells the limiter "overloaded" for the retryable kinds."""
+    assert [Answer(s, "").kind is Kind.RETRY for s in (202, 400, 401, 408, 429, 500, None)] == \
         [False, False, False, True, True, True, True]
 
 

@@ -25,6 +25,7 @@ from flexprice_beam.io.flexprice.policy import (
     Action,
     FixedLimit,
     FlexpriceAuthError,
+    Kind,
     RetryPolicy,
     Throttle,
     decide,
@@ -101,13 +102,9 @@ class Executor:
         self._fresh: deque[_Job] = deque()
         self._later: list[tuple[float, int, _Job]] = []  # retries by due time
         self._seq = itertools.count()
-        self._in_flight = 0
+        self.in_flight = 0  # requests sent, answer not read yet
         self._done: list[Outcome] = []
         self._lock = threading.Lock()
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
 
     @property
     def waiting(self) -> int:
@@ -123,12 +120,10 @@ class Executor:
         outcome = Outcome()
         with self._lock:
             self.pending += 1
-            if self.single:
-                outcome.open = len(items)
-                self._fresh.extend(_Job([i], outcome, SINGLE_PATH) for i in items)
-            else:
-                outcome.open = 1
-                self._fresh.append(_Job(items, outcome, BULK_PATH))
+            jobs = [_Job([i], outcome, SINGLE_PATH) for i in items] if self.single \
+                else [_Job(items, outcome, BULK_PATH)]
+            outcome.open = len(jobs)
+            self._fresh.extend(jobs)
 
     def poll(self, timeout: float = 0.0, wait_lock: bool = True) -> list[Outcome]:
         """Start what may start, read what answered (waiting up to ``timeout``), return the
@@ -138,7 +133,7 @@ class Executor:
             return []
         try:
             self._start()
-            if self._in_flight:
+            if self.in_flight:
                 wait = timeout if not self._done else 0.0
                 if self._later:
                     wait = min(wait, max(0.0, self._later[0][0] - time.monotonic()))
@@ -166,9 +161,9 @@ class Executor:
         """Abandon what is in flight (never acknowledged, so never counted): its permits
         go back to the process's other senders."""
         with self._lock:
-            for _ in range(self._in_flight):
+            for _ in range(self.in_flight):
                 self.limit.release()
-            self._in_flight = 0
+            self.in_flight = 0
         self.transport.close()
 
     def _start(self) -> None:
@@ -194,15 +189,15 @@ class Executor:
         job.attempt += 1
         body = job.items[0].body if job.path is SINGLE_PATH else bulk_body(
             [i.body for i in job.items])
-        self._in_flight += 1
+        self.in_flight += 1
         self.transport.send(job.path, body, job)
         return True
 
     def _answered(self, ex) -> None:
         job: _Job = ex.tag
         answer = self.transport.read(ex)
-        self._in_flight -= 1
-        self.limit.release(answer.latency, answer.overloaded)
+        self.in_flight -= 1
+        self.limit.release(answer.latency, overloaded=answer.kind is Kind.RETRY)
         out = job.outcome
         out.requests += 1
         out.latencies.append(answer.latency)
@@ -251,8 +246,7 @@ class Executor:
 
 
 def deliver(executor: Executor, batches: list[list[Prepared]]) -> list[Outcome]:
-    """Send ``batches`` and wait until every one is accepted or dead-lettered (off a
-    pipeline: replays)."""
+    """Send ``batches``; return once each is accepted or dead-lettered (replays)."""
     for batch in batches:
         executor.submit(batch)
     return list(executor.drain())

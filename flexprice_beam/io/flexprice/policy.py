@@ -1,13 +1,9 @@
 """What to do with each answer from Flexprice: the seed's error table as one pure function.
 
-``decide`` maps an ``Answer`` plus the attempt, the time spent and the retry settings to an
-``Action`` (README, "Error handling"): 2xx accept; other 4xx split the batch until the bad
-events stand alone, then dead-letter them; 401/403, a certificate that does not verify or a
-proxy refusing our credentials stop; 408, 429, 5xx and network errors retry until the time
-budget (or a shutdown's grace) is spent, then dead-letter.  The transport only reports and
-the executor only acts, as Beam's ``requestresponse`` keeps its ``Repeater`` apart from its
-``Caller``.  Also here: the process-wide throttle and concurrency limit.
-"""
+``decide`` maps an ``Answer``, the attempt, the time spent and the retry settings to an
+``Action`` (README, "Error handling"); the transport only reports and the executor only acts,
+as Beam's ``requestresponse`` keeps its ``Repeater`` apart from its ``Caller``.  Also here:
+the process-wide throttle and concurrency limit."""
 
 from __future__ import annotations
 
@@ -50,11 +46,6 @@ class Answer:
     @property
     def kind(self) -> Kind:
         return Kind.AUTH if self.fatal else kind_of(self.status)
-
-    @property
-    def overloaded(self) -> bool:
-        """The server (or the way to it) could not keep up: for the concurrency limiter."""
-        return self.kind is Kind.RETRY
 
     def describe(self) -> str:
         return describe(self.status, self.body,

@@ -48,8 +48,7 @@ def delivery_dead_letter(d: Delivery) -> dict:
 
 
 def executor_for(cfg: FlexpriceOutput, transport: Transport | None = None) -> Executor:
-    """The engine for ``cfg``: its transport, retry policy, and the process's limit and
-    throttle."""
+    """The engine for ``cfg``, with the process's limit and throttle."""
     return Executor(transport or HttpTransport(cfg), RetryPolicy.from_config(cfg.retry),
                     process_limit(cfg), process_throttle(cfg), single=cfg.mode == "single")
 
@@ -146,11 +145,10 @@ def _in_global_window(out):
 class _FlexpriceSinkFn(beam.DoFn):
     """list[Prepared] → one ``Delivered`` per API batch, dead letters on ``dead_letter``.
 
-    Age-based flush for bundles that never end (an unbounded source on one worker): a timer
-    thread cuts batches older than ``batching.period`` and, only while the bundle thread is
-    outside this DoFn, drives the executor once (``poll(0)``, never blocking) so they go out
-    and their permits come back; what finished is counted by the bundle thread next time.
-    """
+    Bundles that never end (an unbounded source on one worker): a timer thread cuts batches
+    older than ``batching.period`` and polls the executor without blocking (nothing, if the
+    bundle thread is polling), so they go out and permits come back between elements; the
+    bundle thread counts what finished."""
 
     def __init__(self, cfg: FlexpriceOutput,
                  transport: Callable[[FlexpriceOutput], Transport] | None = None):
@@ -175,7 +173,6 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._buffer = BatchBuffer(cfg.batching.count, cfg.batching.byte_size)
         self._lock = threading.Lock()  # the buffer and ``_ready``: bundle thread and timer
         self._ready: list[Outcome] = []
-        self._inside = False  # the bundle thread is in process/finish_bundle
         log.info("Flexprice output connected and ready (%s, mode=%s, max_in_flight=%d)",
                  self._engine.transport.base_url, cfg.mode, cfg.max_in_flight)
         self._stop_timer = threading.Event()
@@ -193,29 +190,21 @@ class _FlexpriceSinkFn(beam.DoFn):
             raise RuntimeError("the Flexprice sink was stopped by an authentication failure")
 
     def process(self, items: list[Prepared]):
-        self._inside = True
-        try:
-            with self._lock:
-                full = self._buffer.extend(items)
-                if self._buffer.age() >= self._cfg.batching.period:
-                    full.append(self._buffer.take())
-            for batch in full:
-                self._engine.submit(batch)
-            yield from self._collect(block=self._engine.pending >= self._max_pending)
-        finally:
-            self._inside = False
+        with self._lock:
+            full = self._buffer.extend(items)
+            if self._buffer.age() >= self._cfg.batching.period:
+                full.append(self._buffer.take())
+        for batch in full:
+            self._engine.submit(batch)
+        yield from self._collect(block=self._engine.pending >= self._max_pending)
 
     def finish_bundle(self):
-        self._inside = True
-        try:
-            with self._lock:
-                if self._buffer.items:
-                    self._engine.submit(self._buffer.take())
-            while self._busy():
-                for out in self._collect(block=True):
-                    yield _in_global_window(out)
-        finally:
-            self._inside = False
+        with self._lock:
+            if self._buffer.items:
+                self._engine.submit(self._buffer.take())
+        while self._busy():
+            for out in self._collect(block=True):
+                yield _in_global_window(out)
 
     def _busy(self) -> bool:
         with self._lock:  # the timer moves outcomes from the executor to _ready under it
@@ -245,7 +234,7 @@ class _FlexpriceSinkFn(beam.DoFn):
                 batch = self._buffer.take() if self._buffer.age() >= period else None
             if batch:
                 self._engine.submit(batch)
-            if self._inside or not self._engine.pending:
+            if not self._engine.pending:
                 continue
             with self._lock:
                 try:
@@ -265,10 +254,9 @@ class _FlexpriceSinkFn(beam.DoFn):
             live.LIVE.inc("throttling_seconds", math.ceil(outcome.throttled))
         for cause, n in outcome.retries.items():
             self._retries.inc(n)
-            counter = self._retry_causes.get(cause)
-            if counter is None:
-                counter = self._retry_causes[cause] = live.counter(f"retries_{cause}")
-            counter.inc(n)
+            if cause not in self._retry_causes:
+                self._retry_causes[cause] = live.counter(f"retries_{cause}")
+            self._retry_causes[cause].inc(n)
         self._accepted.inc(outcome.accepted_count)
         for part in outcome.accepted:  # one per batch, for ``run --read-back``
             if part and live.LIVE.sampling:
@@ -283,9 +271,8 @@ class _FlexpriceSinkFn(beam.DoFn):
 
 
 class WriteResult:
-    """What a Flexprice write produced, as BigQuery's ``WriteResult``: ``deliveries`` (one
-    ``Delivered`` per API batch) and ``failed`` (dead letters); None where a sink (a dry run,
-    a benchmark's no-op) produces no such collection."""
+    """As BigQuery's: ``deliveries`` (one ``Delivered`` per API batch) and ``failed`` (dead
+    letters); None where a sink (a dry run, a no-op) has no such output."""
 
     def __init__(self, deliveries: beam.PCollection | None = None,
                  failed: beam.PCollection | None = None):

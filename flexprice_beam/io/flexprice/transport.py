@@ -1,13 +1,11 @@
 """``HttpTransport``: requests to Flexprice on keep-alive ``http.client`` connections.
 
-It reports what happened (an ``Answer``) and decides nothing (that is ``policy.decide``).
-Non-blocking: ``send`` writes a request and returns, ``ready`` says which answers can be read
-or timed out, ``read`` reads one; ``request`` is the three in a row (check, read-back).
-Why not ``requests``: a 100 KB bulk POST costs ~0.5 ms of Python there against ~0.05 ms in
-``http.client``, on the pipeline's own thread (docs/benchmarks.md).  Kept from it: certifi's
-CA bundle (or ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``), ``HTTPS_PROXY``/``NO_PROXY``, and
-idle connections the server closed replaced before reuse.
-"""
+It reports what happened (an ``Answer``) and decides nothing (``policy.decide`` does).
+``send`` writes a request and returns, ``ready`` says which answers can be read (or timed
+out), ``read`` reads one; ``request`` is the three in a row.  Not ``requests`` (io/api.py):
+a bulk POST costs ~10x its Python there, on the pipeline's own thread (docs/benchmarks.md);
+kept from it: certifi or ``REQUESTS_CA_BUNDLE``, ``HTTPS_PROXY``/``NO_PROXY``, stale
+keep-alive connections replaced."""
 
 from __future__ import annotations
 
