@@ -198,3 +198,43 @@ def test_try_acquire_never_lets_more_than_the_limit_in_across_threads():
     assert state["max_over"] <= 0
     assert lim.in_flight == 0
     assert 1 <= lim.limit <= 12
+
+
+# ------------------------------------------------------------------ config: max_in_flight
+
+CONFIG = """
+input:
+  generate: {count: 10}
+output:
+  flexprice:
+    api_host: h
+    api_key: k
+"""
+
+
+@pytest.mark.parametrize("text,value,cap", [("16", 16, 16), ("adaptive", "adaptive", 64),
+                                            ("'8'", 8, 8)])
+def test_max_in_flight_is_a_count_or_adaptive(text, value, cap):
+    from flexprice_beam.core.config import load_config_text
+
+    out = load_config_text(CONFIG + f"    max_in_flight: {text}\n").output.flexprice
+    assert out.max_in_flight == value and out.in_flight_cap == cap
+
+
+def test_adaptive_max_in_flight_sets_the_cap():
+    from flexprice_beam.core.config import load_config_text
+
+    out = load_config_text(CONFIG + "    max_in_flight: adaptive\n"
+                           "    adaptive_max_in_flight: 24\n").output.flexprice
+    assert out.in_flight_cap == 24
+
+
+@pytest.mark.parametrize("text", ["fast", "0", "257", "2.5", "true", "Adaptive"])
+def test_a_bad_max_in_flight_names_the_path(text):
+    from flexprice_beam.core.config import ConfigError, load_config_text
+
+    with pytest.raises(ConfigError) as err:
+        load_config_text(CONFIG + f"    max_in_flight: {text}\n")
+    msg = str(err.value)
+    assert "output.flexprice.max_in_flight" in msg
+    assert "from 1 to 256, or adaptive" in msg

@@ -4,7 +4,6 @@ first attempts, against the Flexprice stand-in."""
 from __future__ import annotations
 
 import base64
-import threading
 import time
 
 from flexprice_mock.server import MockFlexprice
@@ -15,6 +14,7 @@ from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.events import Record
 from flexprice_beam.io.client import FlexpriceClient, Kind, _proxy_for
 from flexprice_beam.io.deliver import BatchOutcome
+from flexprice_beam.io.flexprice.concurrency import FixedLimit
 from flexprice_beam.io.inline import InlineSender
 from flexprice_beam.io.sink import Delivered, _BatchBuffer
 from flexprice_beam.transforms.validate import Prepared
@@ -112,7 +112,7 @@ def test_inline_sender_replaces_an_idle_connection_the_server_closed(monkeypatch
     from flexprice_beam.io import inline
 
     with MockFlexprice(api_key=API_KEY) as m:
-        sender = InlineSender(_client(m), threading.BoundedSemaphore(2), timeout=5)
+        sender = InlineSender(_client(m), FixedLimit(2), timeout=5)
         assert sender.try_send(_batch(0, 5)) is True
         assert [a.status for _, a in _poll_all(sender, 1)] == [202]
         port = m.port
@@ -125,7 +125,7 @@ def test_inline_sender_replaces_an_idle_connection_the_server_closed(monkeypatch
 
 
 def test_inline_sender_keeps_to_its_permits_and_reads_answers_as_they_come(mock_api):
-    permits = threading.BoundedSemaphore(2)
+    permits = FixedLimit(2)
     sender = InlineSender(_client(mock_api), permits, timeout=5)
     try:
         assert sender.try_send(_batch(0, 10)) is True
@@ -134,7 +134,7 @@ def test_inline_sender_keeps_to_its_permits_and_reads_answers_as_they_come(mock_
         done = _poll_all(sender, 2)
         assert sorted(len(b) for b, _ in done) == [10, 10]
         assert all(a.status == 202 and a.kind is Kind.ACCEPTED for _, a in done)
-        assert sender.in_flight == 0 and permits.acquire(blocking=False) and permits.acquire(blocking=False)
+        assert sender.in_flight == 0 and permits.try_acquire() and permits.try_acquire()
         permits.release()
         permits.release()
         assert sender.try_send(_batch(20, 10)) is True  # on a pooled connection
@@ -147,14 +147,14 @@ def test_inline_sender_keeps_to_its_permits_and_reads_answers_as_they_come(mock_
 
 def test_inline_sender_times_out_and_returns_the_permit(mock_api):
     mock_api.set_faults(latency_ms=1500)
-    permits = threading.BoundedSemaphore(1)
+    permits = FixedLimit(1)
     sender = InlineSender(_client(mock_api, timeout="300ms"), permits, timeout=0.3)
     try:
         assert sender.try_send(_batch(0, 3)) is True
         (batch, answer), = _poll_all(sender, 1)
         assert answer.status is None and answer.kind is Kind.RETRY and "no answer within" in answer.error
         assert len(batch) == 3 and sender.in_flight == 0
-        assert permits.acquire(blocking=False)
+        assert permits.try_acquire()
     finally:
         sender.close()
 
@@ -162,9 +162,9 @@ def test_inline_sender_times_out_and_returns_the_permit(mock_api):
 def test_inline_send_to_a_closed_port_fails_at_once_without_holding_a_permit():
     cfg = FlexpriceOutput.model_validate({"api_host": "127.0.0.1:9", "api_key": "k", "scheme": "http",
                                           "timeout": "1s"})
-    permits = threading.BoundedSemaphore(1)
+    permits = FixedLimit(1)
     sender = InlineSender(FlexpriceClient(cfg), permits, timeout=1)
     answer = sender.try_send(_batch(0, 2))
     assert answer is not True and answer is not False
     assert answer.kind is Kind.RETRY and "Connection" in answer.error
-    assert permits.acquire(blocking=False) and sender.in_flight == 0
+    assert permits.try_acquire() and sender.in_flight == 0

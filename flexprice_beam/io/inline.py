@@ -12,12 +12,13 @@ go this way: an answer other than 2xx hands the batch, with that answer, to
 from __future__ import annotations
 
 import http.client
+import math
 import selectors
-import threading
 import time
 from dataclasses import dataclass
 
-from flexprice_beam.io.client import BULK_PATH, Answer, FlexpriceClient, bulk_body, dropped
+from flexprice_beam.io.client import BULK_PATH, Answer, FlexpriceClient, Kind, bulk_body, dropped
+from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit, FixedLimit
 from flexprice_beam.transforms.validate import Prepared
 
 
@@ -35,7 +36,7 @@ RECHECK_IDLE = 1.0
 class InlineSender:
     """Non-blocking first attempts on the caller's own connections; single-threaded."""
 
-    def __init__(self, client: FlexpriceClient, permits: threading.BoundedSemaphore,
+    def __init__(self, client: FlexpriceClient, permits: FixedLimit | AdaptiveLimit,
                  timeout: float):
         self._client = client
         self._permits = permits  # shared with the thread pool: max_in_flight per process
@@ -51,14 +52,14 @@ class InlineSender:
     def try_send(self, batch: list[Prepared]) -> Answer | bool:
         """Post ``batch`` if a permit is free: True when sent, False when no permit was free,
         or the ``Answer`` of a send that failed at once (then no permit is held)."""
-        if not self._permits.acquire(blocking=False):
+        if not self._permits.try_acquire():
             return False
         conn = self._connection()
         started = time.monotonic()
         failed = self._client.send(conn, "POST", BULK_PATH, bulk_body([i.body for i in batch]),
                                    started)
         if failed is not None:
-            self._permits.release()
+            self._permits.release(failed.latency, failed.kind is Kind.RETRY)
             return failed
         sock = conn.sock
         self._busy[sock.fileno()] = _Exchange(conn, batch, started)
@@ -78,23 +79,23 @@ class InlineSender:
                 done.append(self._finish(fd, timed_out=True))
         return done
 
-    def _release(self, fd: int) -> _Exchange:
-        """Forget the exchange on ``fd`` and give its permit back."""
+    def _forget(self, fd: int) -> _Exchange:
         ex = self._busy.pop(fd)
         self._selector.unregister(ex.conn.sock)
-        self._permits.release()
         return ex
 
     def _finish(self, fd: int, timed_out: bool = False) -> tuple[list[Prepared], Answer]:
-        ex = self._release(fd)
+        ex = self._forget(fd)
         if timed_out:
             ex.conn.close()
-            return ex.batch, Answer(None, "", error=f"TimeoutError: no answer within "
-                                    f"{self._timeout:g}s ({self._client.base_url})",
-                                    latency=time.monotonic() - ex.started)
-        answer, reusable = self._client.receive(ex.conn, ex.started)
-        if reusable:
-            self._idle.append((ex.conn, time.monotonic()))
+            answer = Answer(None, "", error=f"TimeoutError: no answer within "
+                            f"{self._timeout:g}s ({self._client.base_url})",
+                            latency=time.monotonic() - ex.started)
+        else:
+            answer, reusable = self._client.receive(ex.conn, ex.started)
+            if reusable:
+                self._idle.append((ex.conn, time.monotonic()))
+        self._permits.release(answer.latency, answer.kind is Kind.RETRY)
         return ex.batch, answer
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -113,7 +114,8 @@ class InlineSender:
     def close(self) -> None:
         """Abandon what is in flight (its batches were not acknowledged: never counted)."""
         for fd in list(self._busy):
-            self._release(fd).conn.close()
+            self._forget(fd).conn.close()
+            self._permits.release(math.inf, False)  # no answer: frees the slot, teaches nothing
         for conn, _ in self._idle:
             conn.close()
         self._idle.clear()

@@ -13,6 +13,7 @@ bundle thread, where Beam's metric container lives, never in the pool's threads.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from flexprice_beam.core.offsets import TRACKER as OFFSETS
 from flexprice_beam.core.offsets import Partition, kafka_position
 from flexprice_beam.io.client import Answer, FlexpriceAuthError, FlexpriceClient, Kind
 from flexprice_beam.io.deliver import BatchOutcome, Delivery, EventDeliverer
+from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit, FixedLimit
 from flexprice_beam.io.inline import InlineSender
 from flexprice_beam.io.retry import RetryPolicy, Throttle
 from flexprice_beam.transforms.mapping import DEAD_LETTER
@@ -41,18 +43,51 @@ _ENVELOPE = len(b'{"events":[]}')
 
 # One SDK worker process can hold several instances of the sink (Flink runs every parallel
 # subtask of a TaskManager in one Python worker; Dataflow runs many bundles per process), so
-# ``max_in_flight`` is enforced per process and API endpoint, not per DoFn instance.
-_PERMITS: dict[tuple, threading.BoundedSemaphore] = {}
+# ``max_in_flight`` is enforced per process and API endpoint, not per DoFn instance; an
+# adaptive limit learns the endpoint's capacity from every instance's answers.
+_PERMITS: dict[tuple, FixedLimit | AdaptiveLimit] = {}
 _PERMITS_LOCK = threading.Lock()
 
 
-def process_permits(cfg: FlexpriceOutput) -> threading.BoundedSemaphore:
-    key = (cfg.scheme, cfg.api_host, cfg.max_in_flight)
+def process_limit(cfg: FlexpriceOutput) -> FixedLimit | AdaptiveLimit:
+    key = (cfg.scheme, cfg.api_host, cfg.max_in_flight, cfg.in_flight_cap)
     with _PERMITS_LOCK:
-        sem = _PERMITS.get(key)
-        if sem is None:
-            sem = _PERMITS[key] = threading.BoundedSemaphore(cfg.max_in_flight)
-        return sem
+        limit = _PERMITS.get(key)
+        if limit is None:
+            limit = _PERMITS[key] = (AdaptiveLimit(cfg.in_flight_cap)
+                                     if cfg.max_in_flight == "adaptive"
+                                     else FixedLimit(cfg.max_in_flight))
+        return limit
+
+
+class _Limited:
+    """The client as the thread pool (retries, ``single`` mode) uses it: each request waits
+    for a slot of the process's limit and reports its answer to it."""
+
+    def __init__(self, client: FlexpriceClient, limit: FixedLimit | AdaptiveLimit):
+        self._client, self._limit = client, limit
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    def post_bulk(self, bodies: list[bytes]) -> Answer:
+        return self._post(self._client.post_bulk, bodies)
+
+    def post_single(self, body: bytes) -> Answer:
+        return self._post(self._client.post_single, body)
+
+    def _post(self, post, arg) -> Answer:
+        while not self._limit.try_acquire():
+            time.sleep(0.002)  # every slot is in use: an answer frees one within a round trip
+        answer = None
+        try:
+            answer = post(arg)
+            return answer
+        finally:
+            if answer is None:  # raised: no answer to learn from
+                self._limit.release(math.inf, False)
+            else:
+                self._limit.release(answer.latency, answer.kind is Kind.RETRY)
 
 
 def delivery_dead_letter(d: Delivery) -> dict:
@@ -159,6 +194,8 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._retries = live.counter("retries")
         self._latency = live.histogram("request_duration_seconds", ms="request_latency_ms")
         self._in_flight = live.gauge("batches_in_flight")
+        self._limit_gauge = live.gauge("concurrency_limit")
+        self._limit_shown = 0
         self._retry_causes: dict[str, object] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -167,10 +204,11 @@ class _FlexpriceSinkFn(beam.DoFn):
         cfg = self._cfg
         self._client = FlexpriceClient(cfg)
         self._throttle = Throttle()
-        self._deliverer = EventDeliverer(self._client, RetryPolicy.from_config(cfg.retry),
+        self._permits = process_limit(cfg)
+        self._deliverer = EventDeliverer(_Limited(self._client, self._permits),
+                                         RetryPolicy.from_config(cfg.retry),
                                          self._throttle, single=cfg.mode == "single")
-        self._pool = ThreadPoolExecutor(cfg.max_in_flight, thread_name_prefix="flexprice-post")
-        self._permits = process_permits(cfg)
+        self._pool = ThreadPoolExecutor(cfg.in_flight_cap, thread_name_prefix="flexprice-post")
         # First attempts go out from this thread (io/inline.py); the seed's one-event-per-
         # request mode keeps the plain thread pool.
         self._inline = None if cfg.mode == "single" else InlineSender(
@@ -181,12 +219,12 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._io_lock = threading.Lock()
         self._ready: list[tuple[list[Prepared], Answer]] = []
         self._last_pump = time.monotonic()
-        self._max_pending = cfg.max_in_flight * 2  # bounded memory: the rest waits upstream
+        self._max_pending = cfg.in_flight_cap * 2  # bounded memory: the rest waits upstream
         self._lock = threading.Lock()
         self._stop_flusher = threading.Event()
         self._buffer = _BatchBuffer(cfg.batching.count, cfg.batching.byte_size)
         self._pending: set[Future] = set()
-        log.info("Flexprice output connected and ready (%s, mode=%s, max_in_flight=%d)",
+        log.info("Flexprice output connected and ready (%s, mode=%s, max_in_flight=%s)",
                  self._client.base_url, cfg.mode, cfg.max_in_flight)
         # Age-based flush for bundles that never end (an unbounded source on one worker).
         self._flusher = threading.Thread(target=self._flush_aged, name="flexprice-flush",
@@ -261,6 +299,9 @@ class _FlexpriceSinkFn(beam.DoFn):
     def _start_queued(self) -> None:
         """Send queued batches from this thread while permits are free and nothing defers
         us (a 429's Retry-After); the single mode hands them to the pool."""
+        if self._permits.limit != self._limit_shown:  # adaptive: the live limit, /metrics
+            self._limit_shown = self._permits.limit
+            self._limit_gauge.set(self._limit_shown)
         inline = self._inline
         while self._queue:
             if inline is None:
@@ -304,8 +345,7 @@ class _FlexpriceSinkFn(beam.DoFn):
             live.LIVE.set_gauge("batches_in_flight", self._backlog())
 
     def _deliver(self, batch: list[Prepared], first: Answer | None) -> BatchOutcome:
-        with self._permits:  # at most max_in_flight requests per worker process
-            return self._deliverer.deliver(batch, first)
+        return self._deliverer.deliver(batch, first)  # each request takes a slot (_Limited)
 
     def _flush_aged(self) -> None:
         period = max(self._cfg.batching.period, 0.01)

@@ -130,7 +130,7 @@ class Replayer:
         if buffer.items:
             batches.append(buffer.take())
         result: dict[int, dict | None] = {}
-        with ThreadPoolExecutor(self._cfg.max_in_flight, thread_name_prefix="replay") as pool:
+        with ThreadPoolExecutor(self._cfg.in_flight_cap, thread_name_prefix="replay") as pool:
             for outcome in pool.map(self._deliverer.deliver, batches):
                 for item in outcome.accepted_items():
                     result[id(item)] = None

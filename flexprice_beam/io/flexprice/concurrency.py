@@ -13,15 +13,15 @@ which costs a retry and a process-wide pause.  This is Vector's Adaptive Request
 * **multiplicative decrease** on overload.  An explicit one (429, 5xx, a timeout or a
   connection error: the server says it is past capacity) halves the limit at once, as TCP
   does on loss: from the high phase to a tenth of its capacity in three steps, not twenty.
-  An implicit one, queueing, cuts by ×0.9 (Vector's value): latency is a noisier signal,
-  so it backs off gently -- or, past the no-load target below, by target / RTT (Little's
-  law; at most halved), so a deep queue is left in one step, not ten.  Queueing is a window's mean RTT either clearly above the moving
-  baseline (mean + 2.5 deviations: a sudden rise) or 1.5 × the lowest window mean seen (the
-  no-load RTT, as TCP Vegas and Netflix's Gradient keep).  The second is what stops a slow
-  creep: against a large capacity one more request adds too little latency for the moving
-  baseline to notice, and that baseline follows the queue up.  The lowest mean drifts up
-  slowly (a time constant of ~500 windows), so a lasting change of the API's own latency is
-  learnt rather than read as queueing forever.
+  An implicit one, queueing, cuts by ×0.9 (Vector's value), latency being a noisier
+  signal -- or, past the no-load target below, by target / RTT (Little's law; at most
+  halved), so a deep queue is left in one step, not ten.  Queueing is a window's mean RTT
+  either clearly above the moving baseline (mean + 2.5 deviations: a sudden rise) or above
+  1.5 × the lowest window mean seen (the no-load RTT, as TCP Vegas and Netflix's Gradient
+  keep).  The second stops a slow creep: against a large capacity one more request adds
+  too little latency for the moving baseline to notice, and that baseline follows the queue
+  up.  The lowest mean drifts up slowly (a time constant of ~500 windows), so a lasting
+  change of the API's own latency is learnt rather than read as queueing forever.
 * Answers to requests that started before the last cut are not counted again: they were sent
   at the old limit and say nothing about the new one (TCP cuts once per window likewise).
 
@@ -144,3 +144,21 @@ class AdaptiveLimit:
         self._cut_at = now
         self._slow_start = False
         self._n, self._rtt_sum, self._reached = 0, 0.0, False
+
+
+class FixedLimit:
+    """``max_in_flight: N``: the same interface as ``AdaptiveLimit``, a limit that stays N."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._sem = threading.BoundedSemaphore(limit)
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def try_acquire(self) -> bool:
+        return self._sem.acquire(blocking=False)
+
+    def release(self, latency: float = 0.0, overloaded: bool = False) -> None:
+        self._sem.release()
