@@ -3,31 +3,36 @@
 Why: a fixed ``max_in_flight`` is right for one capacity only.  Too low wastes a fast API
 (events in flight = rate × latency); too high, against a slow or shrunken one, only queues
 requests on the server (latency rises, throughput does not) and then draws 429s, each of
-which costs a retry and a process-wide pause.  This is Vector's Adaptive Request Concurrency
-(an AIMD loop, as TCP congestion control): per window of about one round trip,
+which costs a retry and a process-wide pause.  This is Vector's Adaptive Request Concurrency,
+an AIMD loop as in TCP congestion control, judged once per window of ``limit`` answers
+(about one round trip):
 
-* **additive increase** (+1) when the window was full (the limit was reached, so more
-  concurrency was wanted), nothing was overloaded and the mean RTT is not above its moving
-  baseline (EWMA) plus one deviation.  Until the first cut it doubles instead (TCP's slow
-  start), so a run reaches a large API's capacity in a few round trips from a small start;
+* **additive increase** (+1) when the window was full (the limit was reached: more was
+  wanted), nothing was overloaded and its RTT is not above the moving baseline (an EWMA)
+  plus one deviation.  Until the first cut it doubles instead (TCP's slow start), and with
+  no queue at all (RTT within 10 % of the no-load one) it grows by an eighth, so a run
+  reaches a large API's capacity, or gets it back after a drop, in a few round trips.
 * **multiplicative decrease** on overload.  An explicit one (429, 5xx, a timeout or a
   connection error: the server says it is past capacity) halves the limit at once, as TCP
-  does on loss: from the high phase to a tenth of its capacity in three steps, not twenty.
-  An implicit one, queueing, cuts by ×0.9 (Vector's value), latency being a noisier
-  signal -- or, past the no-load target below, by target / RTT (Little's law; at most
-  halved), so a deep queue is left in one step, not ten.  Queueing is a window's mean RTT
-  either clearly above the moving baseline (mean + 2.5 deviations: a sudden rise) or above
-  1.5 × the lowest window mean seen (the no-load RTT, as TCP Vegas and Netflix's Gradient
-  keep).  The second stops a slow creep: against a large capacity one more request adds
-  too little latency for the moving baseline to notice, and that baseline follows the queue
-  up.  The lowest mean drifts up slowly (a time constant of ~500 windows), so a lasting
-  change of the API's own latency is learnt rather than read as queueing forever.
-* Answers to requests that started before the last cut are not counted again: they were sent
-  at the old limit and say nothing about the new one (TCP cuts once per window likewise).
+  does on loss: from a high phase to a tenth of it in three steps, not twenty as with
+  Vector's ×0.9.  An implicit one, queueing (the window's RTT above 1.5 × the no-load RTT),
+  cuts by target / RTT (Little's law: at the same throughput, latency follows what is in
+  flight), between ×0.5 and ×0.9.
+* A window's RTT is its **median** answer time.  A server queue delays most answers, while
+  the pipeline reading answers late (its thread busy between elements, or a busy machine)
+  delays some: window means mistook that for queueing and held the limit at 0.7 of what a
+  fixed 64 achieved; window minimums (Linux TCP Vegas's choice) missed queues until they
+  were as long as the capacity, since with a fixed service time some requests never wait
+  (docs/benchmarks.md, P6).  The no-load RTT is the lowest window RTT seen, drifting up
+  slowly (a time constant of ~500 windows) so a lasting change of the API's own latency is
+  learnt rather than read as queueing forever.
+* Answers to requests sent before the last cut are not counted again: they went out at the
+  old limit and say nothing about the new one (TCP cuts once per window likewise).
 
 Bounded by ``[1, cap]``; starts at ``min(4, cap)``: low, so the first windows measure the
-no-load RTT rather than a queue this client built itself.
-One instance per worker process and endpoint; the hot path is one lock and a few floats.
+no-load RTT rather than a queue this client built itself.  One instance per worker process
+and endpoint; the hot path is one lock and an append (a sort of ``limit`` floats per
+window).
 """
 
 from __future__ import annotations
@@ -36,20 +41,17 @@ import math
 import threading
 import time
 
-#: EWMA weight of each window's mean RTT in the baseline (Vector's ``ewma_alpha``)
+#: EWMA weight of each window's RTT in the moving baseline (Vector's ``ewma_alpha``)
 EWMA_ALPHA = 0.4
-#: a window's mean RTT above baseline + this many deviations means queueing (Vector: 2.5)
-RTT_DEVIATION_SCALE = 2.5
-#: ... and at least this fraction above it, so perfectly steady latencies (deviation ~0)
-#: do not read scheduling jitter as queueing
-RTT_TOLERANCE = 0.05
-#: a window mean this many times the lowest one seen means queueing
+#: a window RTT within this factor of the no-load one: no queue, grow by an eighth
+HEADROOM_FACTOR = 1.1
+#: a window RTT this many times the no-load one means requests queue on the server
 QUEUE_FACTOR = 1.5
-#: per window, how far the lowest mean moves toward a higher one (~500-window time constant)
+#: per window, how far the no-load RTT moves toward a higher window RTT
 FLOOR_DRIFT = 0.002
 #: the limit after an explicit overload (429/5xx/timeout/connection error)
 OVERLOAD_RATIO = 0.5
-#: the limit after the RTT rose clearly above baseline
+#: the gentlest cut on queueing (Vector's decrease ratio)
 LATENCY_RATIO = 0.9
 INITIAL = 4
 
@@ -66,14 +68,13 @@ class AdaptiveLimit:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._cut_at = -math.inf  # when the limit was last lowered
-        # the current window: answers counted, their summed RTT, whether the limit was hit
-        self._n = 0
-        self._rtt_sum = 0.0
+        # the current window: its answer times, whether the limit was hit
+        self._rtts: list[float] = []
         self._reached = False
-        # the baseline: EWMA of window mean RTTs and of their squared deviation
+        # the moving baseline: EWMA of window RTTs and of their squared deviation
         self._mean: float | None = None
         self._var = 0.0
-        self._floor = math.inf  # the lowest window mean RTT: the no-load estimate
+        self._floor = math.inf  # the no-load RTT
         self._slow_start = True
 
     @property
@@ -85,9 +86,9 @@ class AdaptiveLimit:
         return self._in_flight
 
     @property
-    def baseline(self) -> float | None:
-        """The moving baseline RTT in seconds (None before the first window closed)."""
-        return self._mean
+    def no_load_rtt(self) -> float | None:
+        """The no-load RTT estimate in seconds (None before the first window closed)."""
+        return None if self._floor == math.inf else self._floor
 
     def try_acquire(self) -> bool:
         """May one more request start now?  Never blocks."""
@@ -102,7 +103,8 @@ class AdaptiveLimit:
 
     def release(self, latency: float, overloaded: bool) -> None:
         """One request finished after ``latency`` seconds; ``overloaded``: its answer was
-        429, 5xx, a timeout or a connection error."""
+        429, 5xx, a timeout or a connection error.  ``release(math.inf, False)`` gives the
+        slot back without a sample (a request abandoned unanswered)."""
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
             now = self._clock()
@@ -111,30 +113,31 @@ class AdaptiveLimit:
             if overloaded:
                 self._cut(OVERLOAD_RATIO, now)
                 return
-            self._n += 1
-            self._rtt_sum += latency
-            if self._n >= self._limit:
+            rtts = self._rtts
+            rtts.append(latency)
+            if len(rtts) >= self._limit:
                 self._close_window(now)
 
     def _close_window(self, now: float) -> None:
-        rtt = self._rtt_sum / self._n
-        reached = self._reached
-        self._n, self._rtt_sum, self._reached = 0, 0.0, False
+        rtts, reached = sorted(self._rtts), self._reached
+        rtt = rtts[len(rtts) // 2]
+        self._rtts, self._reached = [], False
         floor = self._floor = (rtt if rtt < self._floor
                                else self._floor + (rtt - self._floor) * FLOOR_DRIFT)
         mean = self._mean
         if mean is None:
             self._mean = rtt
             return
-        dev = math.sqrt(self._var)
         if rtt > floor * QUEUE_FACTOR:
-            # Little's law: at the same throughput, latency scales with what is in flight,
-            # so this many fewer would bring the RTT back to the target (at most halved)
             self._cut(min(LATENCY_RATIO, max(OVERLOAD_RATIO, floor * QUEUE_FACTOR / rtt)), now)
-        elif rtt > mean + max(RTT_DEVIATION_SCALE * dev, RTT_TOLERANCE * mean):
-            self._cut(LATENCY_RATIO, now)
-        elif reached and rtt <= mean + dev and self._limit < self.cap:
-            self._limit = min(self.cap, self._limit * 2 if self._slow_start else self._limit + 1)
+        elif reached and rtt <= mean + math.sqrt(self._var) and self._limit < self.cap:
+            if self._slow_start:
+                step = self._limit
+            elif rtt <= floor * HEADROOM_FACTOR:
+                step = max(1, self._limit // 8)
+            else:
+                step = 1
+            self._limit = min(self.cap, self._limit + step)
         diff = rtt - mean
         self._mean = mean + EWMA_ALPHA * diff
         self._var = (1 - EWMA_ALPHA) * (self._var + EWMA_ALPHA * diff * diff)
@@ -143,7 +146,7 @@ class AdaptiveLimit:
         self._limit = max(1, min(self._limit - 1, int(self._limit * ratio)))
         self._cut_at = now
         self._slow_start = False
-        self._n, self._rtt_sum, self._reached = 0, 0.0, False
+        self._rtts, self._reached = [], False
 
 
 class FixedLimit:
