@@ -157,7 +157,7 @@ def p6(b) -> dict:
     q = b.quick
     phase_s = 6 if q else 10
     # enough backlog that even the fastest setting is still sending when the last phase ends
-    count = 900_000 if q else 1_500_000
+    count = 900_000 if q else 1_800_000
     print(f"\n== P6: max_in_flight fixed vs adaptive; stand-in capacity {HIGH} → {LOW} → {HIGH} "
           f"({phase_s:g} s each), {BASE_MS} ms per request, batches of {BATCH}, {count:,} events")
     runs = {label: one_run(b, label, mif, phase_s, count, seed=60 + i)

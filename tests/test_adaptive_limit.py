@@ -238,3 +238,49 @@ def test_a_bad_max_in_flight_names_the_path(text):
     msg = str(err.value)
     assert "output.flexprice.max_in_flight" in msg
     assert "from 1 to 256, or adaptive" in msg
+
+
+# ------------------------------------------------------------ end to end through the sink
+
+def test_adaptive_pipeline_backs_off_a_small_api_and_delivers_everything(mock_api, tmp_path):
+    """``max_in_flight: adaptive`` on DirectRunner against a stand-in serving 2 requests at
+    once (2 more queue, 429 beyond): every event arrives once, nothing is dead-lettered, the
+    limit came down from its slow-start climb and ``/metrics`` shows it."""
+    from flexprice_beam.launch.metrics_server import MetricsServer
+    from flexprice_beam.launch.runner import run
+    from tests.conftest import make_config, read_dead_letters
+    from tests.ops_helpers import get
+
+    mock_api.set_faults(latency_ms=30)
+    mock_api.capacity.configure(2, queue=2)
+    cfg = make_config(mock_api, tmp_path, count=6000, batch_size=100,
+                      flexprice={"max_in_flight": "adaptive", "adaptive_max_in_flight": 32,
+                                 "batching": {"count": 50}})
+    seen: list[float] = []
+    with MetricsServer("127.0.0.1:0") as server:
+        done = threading.Event()
+
+        def scrape():
+            while not done.wait(0.05):
+                text = get(server.url + "/metrics")[1]
+                for line in text.splitlines():
+                    if line.startswith("flexprice_concurrency_limit "):
+                        seen.append(float(line.split()[1]))
+
+        t = threading.Thread(target=scrape, daemon=True)
+        t.start()
+        try:
+            summary = run(cfg, metrics=server)
+        finally:
+            done.set()
+            t.join(5)
+    assert summary.ok, summary.render()
+    assert summary.accepted == 6000 and summary.dead_lettered == 0
+    assert read_dead_letters(cfg) == []
+    ids = [e["event_id"] for e in mock_api.events()]
+    assert len(ids) == len(set(ids)) == 6000
+    assert seen and max(seen) <= 32 and min(seen) >= 1
+    # 4 in the server at most before 429s: the limit settles low, far from its cap
+    assert seen[-1] <= 8, seen
+    state = mock_api.stats()["capacity"]
+    assert state["capacity"] == 2 and state["in_service"] == 0

@@ -45,6 +45,7 @@ _HELP = {
     "requests_sent": "HTTP requests to Flexprice",
     "batches_sent": "API batches completed",
     "request_duration_seconds": "Flexprice request latency, first attempts and retries",
+    "concurrency_limit": "Requests allowed in flight per process (max_in_flight; adaptive: now)",
 }
 
 
