@@ -60,36 +60,6 @@ def process_limit(cfg: FlexpriceOutput) -> FixedLimit | AdaptiveLimit:
         return limit
 
 
-class _Limited:
-    """The client as the thread pool (retries, ``single`` mode) uses it: each request waits
-    for a slot of the process's limit and reports its answer to it."""
-
-    def __init__(self, client: FlexpriceClient, limit: FixedLimit | AdaptiveLimit):
-        self._client, self._limit = client, limit
-
-    def __getattr__(self, name: str):
-        return getattr(self._client, name)
-
-    def post_bulk(self, bodies: list[bytes]) -> Answer:
-        return self._post(self._client.post_bulk, bodies)
-
-    def post_single(self, body: bytes) -> Answer:
-        return self._post(self._client.post_single, body)
-
-    def _post(self, post, arg) -> Answer:
-        while not self._limit.try_acquire():
-            time.sleep(0.002)  # every slot is in use: an answer frees one within a round trip
-        answer = None
-        try:
-            answer = post(arg)
-            return answer
-        finally:
-            if answer is None:  # raised: no answer to learn from
-                self._limit.release(math.inf, False)
-            else:
-                self._limit.release(answer.latency, answer.kind is Kind.RETRY)
-
-
 def delivery_dead_letter(d: Delivery) -> dict:
     return dead_letter("delivery", d.reason or "rejected", record=d.item.record,
                        event=d.item.event, status=d.status)
@@ -205,8 +175,7 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._client = FlexpriceClient(cfg)
         self._throttle = Throttle()
         self._permits = process_limit(cfg)
-        self._deliverer = EventDeliverer(_Limited(self._client, self._permits),
-                                         RetryPolicy.from_config(cfg.retry),
+        self._deliverer = EventDeliverer(self._client, RetryPolicy.from_config(cfg.retry),
                                          self._throttle, single=cfg.mode == "single")
         self._pool = ThreadPoolExecutor(cfg.in_flight_cap, thread_name_prefix="flexprice-post")
         # First attempts go out from this thread (io/inline.py); the seed's one-event-per-
@@ -345,7 +314,22 @@ class _FlexpriceSinkFn(beam.DoFn):
             live.LIVE.set_gauge("batches_in_flight", self._backlog())
 
     def _deliver(self, batch: list[Prepared], first: Answer | None) -> BatchOutcome:
-        return self._deliverer.deliver(batch, first)  # each request takes a slot (_Limited)
+        """Retries hold a slot of the process's limit throughout, backoff included: while
+        the API refuses, the bundle's next batches wait instead of piling up (the sink's
+        memory bound); the limit learns from the retries' own answers (``first`` was the
+        inline sender's to report)."""
+        while not self._permits.try_acquire():
+            time.sleep(0.002)  # every slot is in use: an answer frees one within a round trip
+        outcome = None
+        try:
+            outcome = self._deliverer.deliver(batch, first)
+            return outcome
+        finally:
+            if outcome is None or not outcome.latencies:  # raised: nothing to learn from
+                self._permits.release(math.inf, False)
+            else:
+                own = sum(outcome.retries.values()) - (first is not None)
+                self._permits.release(outcome.latencies[-1], own > 0)
 
     def _flush_aged(self) -> None:
         period = max(self._cfg.batching.period, 0.01)
