@@ -20,12 +20,13 @@ an AIMD loop as in TCP congestion control, judged once per window of ``limit`` a
   flight), between ×0.5 and ×0.9.
 * A window's RTT is its **median** answer time.  A server queue delays most answers, while
   the pipeline reading answers late (its thread busy between elements, or a busy machine)
-  delays some: window means mistook that for queueing and held the limit at 0.7 of what a
-  fixed 64 achieved; window minimums (Linux TCP Vegas's choice) missed queues until they
-  were as long as the capacity, since with a fixed service time some requests never wait
-  (docs/benchmarks.md, P6).  The no-load RTT is the lowest window RTT seen, drifting up
-  slowly (a time constant of ~500 windows) so a lasting change of the API's own latency is
-  learnt rather than read as queueing forever.
+  delays some: the median follows the first and shrugs off the second.  A window minimum
+  (Linux TCP Vegas's choice) missed queues until they were as long as the capacity, since
+  with a fixed service time some requests never wait; Vector's extra rule, a cut whenever a
+  window's RTT exceeds the moving mean by 2.5 deviations, fired on that pipeline noise and
+  held the limit under the API's capacity (docs/benchmarks.md, P6).  The no-load RTT is the
+  lowest window RTT seen, drifting up slowly (a time constant of ~500 windows) so a lasting
+  change of the API's own latency is learnt rather than read as queueing forever.
 * Answers to requests sent before the last cut are not counted again: they went out at the
   old limit and say nothing about the new one (TCP cuts once per window likewise).
 
