@@ -318,8 +318,10 @@ class _FlexpriceSinkFn(beam.DoFn):
         the API refuses, the bundle's next batches wait instead of piling up (the sink's
         memory bound); the limit learns from the retries' own answers (``first`` was the
         inline sender's to report)."""
-        while not self._permits.try_acquire():
-            time.sleep(0.002)  # every slot is in use: an answer frees one within a round trip
+        wait = 0.001
+        while not self._permits.try_acquire():  # every slot in use (an adaptive limit may be
+            time.sleep(wait)                    # 1): poll, ever less often, up to 50 ms
+            wait = min(wait * 2, 0.05)
         outcome = None
         try:
             outcome = self._deliverer.deliver(batch, first)
