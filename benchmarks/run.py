@@ -13,7 +13,8 @@ separate process, so its CPU is not the pipeline's (it is reported from /proc/<p
 What else ran on the machine during each measurement is reported as "foreign CPU": busy
 jiffies from /proc/stat minus the measured child, the stand-in and this harness.
 
-Sections: P0..P5 (the issue's targets), K0/K1 (the bounded Kafka read, issue 12;
+Sections: P0..P5 (the issue's targets), P6 (``max_in_flight: adaptive`` while the stand-in's
+capacity drops and recovers; benchmarks/adaptive.py), K0/K1 (the bounded Kafka read, issue 12;
 benchmarks/kafka_bounded.py, needs the broker), ``curve`` (throughput vs API latency for single /
 sequential bulk / concurrent bulk, plotted) and ``profile`` (per-stage costs + profiles).
 A full run writes benchmarks/results/{last-run.json,last-run.md,profile-*.txt}, the PNG plots
@@ -47,7 +48,8 @@ if str(ROOT) not in sys.path:
 PY = sys.executable
 API_KEY = "bench-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SECTIONS = ("P0", "P1", "P2", "P3", "P4", "P4d", "P5", "K0", "K1", "K2", "K3", "curve", "profile")
+SECTIONS = ("P0", "P1", "P2", "P3", "P4", "P4d", "P5", "P6", "K0", "K1", "K2", "K3", "curve",
+            "profile")
 LATENCIES_MS = (0, 5, 20, 100)
 CURVE_MODES = {  # label: (mode, max_in_flight)
     "single (1 event/request, 1 in flight)": ("single", 1),
@@ -859,6 +861,10 @@ def render(results: dict) -> str:
                          f"{bd['distinct_stored']:,} stored, {bd['dead_lettered']:,} dead-lettered "
                          f"(replayable), {bd['unaccounted']} neither stored nor dead-lettered, "
                          f"{bd['seconds']:.0f} s")
+    if results.get("adaptive"):
+        from benchmarks.adaptive import render as render_p6
+
+        lines += render_p6(results["adaptive"])
     p = results.get("profile")
     if p:
         lines += ["", "| hot-path step (plain loop, best of 5) | µs/event |", "|---|---|"]
@@ -937,6 +943,11 @@ def main(argv: list[str] | None = None) -> int:
             results["rows"] += results["storm_default"]["rows"]
         if "P5" in wanted:
             results["rows"] += p5(b)["rows"]
+        if "P6" in wanted:  # max_in_flight: adaptive vs fixed (benchmarks/adaptive.py)
+            from benchmarks.adaptive import p6
+
+            results["adaptive"] = p6(b)
+            results["rows"] += results["adaptive"]["rows"]
         if wanted & {"K0", "K1"}:  # the bounded Kafka read (benchmarks/kafka_bounded.py)
             from benchmarks.kafka_bounded import k_series
 

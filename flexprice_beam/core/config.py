@@ -392,6 +392,17 @@ _OWN_HEADERS = frozenset({"x-api-key", "x-environment-id", "content-type", "cont
                           "host", "transfer-encoding", "connection", "accept", "user-agent"})
 
 
+def _in_flight(value: Any) -> Any:
+    """``max_in_flight``: a count 1..256 or ``adaptive``, with one clear message otherwise."""
+    if value == "adaptive":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise ValueError(f"must be a number of requests from 1 to 256, or adaptive (got {value!r})")
+    return value
+
+
 class FlexpriceOutput(_Model):
     api_host: str = Field(min_length=1)
     #: Where the key comes from -- exactly one. ``api_key`` is a literal (local runs only: it
@@ -405,7 +416,10 @@ class FlexpriceOutput(_Model):
     batching: BatchingConfig = BatchingConfig()
     # Little's law: events in flight = rate × latency. 16 × 500 covers ~170k events/s (one
     # local core) at ~45 ms per request, or a busy worker against a ~100 ms API.
-    max_in_flight: int = Field(16, ge=1, le=256)
+    #: or ``adaptive``: AIMD on latency, 429 and 5xx, between 1 and ``adaptive_max_in_flight``
+    max_in_flight: Annotated[int | Literal["adaptive"],
+                             BeforeValidator(_in_flight)] = Field(16, union_mode="left_to_right")
+    adaptive_max_in_flight: int = Field(64, ge=1, le=256)
     timeout: Duration = 10.0
     retry: RetryConfig = RetryConfig()
     skip_cert_verify: bool = False
@@ -447,6 +461,12 @@ class FlexpriceOutput(_Model):
                                  "(value not shown)") from None
             out[name] = SecretStr(text)
         return out
+
+    @property
+    def in_flight_cap(self) -> int:
+        """The most requests ever in flight per process: what pools and buffers are sized by."""
+        mif = self.max_in_flight
+        return self.adaptive_max_in_flight if mif == "adaptive" else mif
 
     @property
     def base_url(self) -> str:

@@ -47,6 +47,7 @@ _HELP = {
     "throttling_seconds": "Seconds requests were held back by backoff and Retry-After "
                           "(Beam: cumulativeThrottlingSeconds)",
     "request_duration_seconds": "Flexprice request latency, first attempts and retries",
+    "concurrency_limit": "Requests allowed in flight per process (max_in_flight; adaptive: now)",
 }
 
 

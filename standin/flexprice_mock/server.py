@@ -66,6 +66,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
+from .capacity import Capacity, parse_schedule
 from .faults import DROP_OUTCOMES, OK, FaultConfig, FaultEngine
 from .store import Catalog, EventStore
 from .validation import (
@@ -365,7 +366,8 @@ class MockFlexprice:
                  config_key: str | None = None, queued: bool = False,
                  queue_delay_s: float = 1.0, queue_rate: float = 12.0,
                  oversize_linger_s: float = 0.5,
-                 gateway_headers: dict[str, str] | None = None) -> None:
+                 gateway_headers: dict[str, str] | None = None,
+                 capacity: Capacity | None = None) -> None:
         self.tls_cert, self.tls_key = tls_cert, tls_key  # both set: serve https
         #: a key from the server's config file: needs ``X-Environment-ID`` on every request
         self.config_key = config_key
@@ -393,6 +395,8 @@ class MockFlexprice:
             cfg = cfg.merged(overrides)
         self._initial_faults = cfg
         self._faults = FaultEngine(cfg)
+        #: ingest requests served at once / queued / refused 429 (capacity.py); unlimited unless set
+        self.capacity = capacity or Capacity()
         self.host = host
         self._port = port
         self.api_key = api_key
@@ -450,6 +454,7 @@ class MockFlexprice:
         if httpd is None:
             return
         self._stop_evt.set()  # wake latency/slow/hang waits
+        self.capacity.release_all()
         httpd.shutdown()
         with self._conns_lock:
             conns = list(self._conns)
@@ -560,6 +565,7 @@ class MockFlexprice:
             "connections_opened": self._conns_opened,
             "bytes_received": bytes_in,
             "fail_all_active": self._faults.fail_all_status() is not None,
+            "capacity": self.capacity.state(),
         }
         return out
 
@@ -599,6 +605,7 @@ class MockFlexprice:
         self._faults.reset_counters()
         if faults:
             self._faults.set(self._initial_faults)
+            self.capacity.reset()
         if catalog:
             self.catalog.clear()
 
@@ -672,6 +679,26 @@ class MockFlexprice:
                 reply = self._status_reply(int(outcome[:3]), retry_after=cfg.retry_after_s)
             return self._finish(h, method, path, reply, latency, self._count_events(path, body), body)
 
+        gate = self.capacity
+        if gate.limited and path in _INGEST_PATHS:
+            started = time.monotonic()
+            if not gate.enter():  # the queue is full: refused before any work
+                gate.rejected_now(started)
+                reply = self._status_reply(429, retry_after=gate.retry_after_s)
+                return self._finish(h, method, path, reply, 0.0, self._count_events(path, body),
+                                    body)
+            status = 0
+            try:
+                status = self._serve(h, method, path, query, handler, arg, body, oversized,
+                                     outcome, latency)
+            finally:
+                gate.leave(started, status)
+            return
+        self._serve(h, method, path, query, handler, arg, body, oversized, outcome, latency)
+
+    def _serve(self, h: _Handler, method: str, path: str, query: str, handler: Any, arg: Any,
+               body: bytes, oversized: bool, outcome: str, latency: float) -> int:
+        """Run the route's handler and answer; the status sent (0: none)."""
         if oversized and path in _INGEST_PATHS:
             reply, n_events = self._error(400, MSG_BODY_TOO_LARGE), 0
             h.close_connection = True  # net/http closes after MaxBytesReader tripped
@@ -685,12 +712,13 @@ class MockFlexprice:
             self._sleep(latency)
             self._record(method, path, 0, n_events, body)
             h._drop()
-            return
+            return 0
         if outcome == "slow":
-            latency += cfg.slow_ms / 1000.0
+            latency += self._faults.config.slow_ms / 1000.0
         self._finish(h, method, path, reply, latency, n_events, body)
         if oversized:
             h.linger(self.oversize_linger_s)
+        return reply.status
 
     def _finish(self, h: _Handler, method: str, path: str, reply: _Reply, latency: float,
                 n_events: int, body: bytes) -> None:
@@ -1140,6 +1168,11 @@ class MockFlexprice:
                 return _Reply(200, orjson.dumps({"requests": [list(r) for r in self.requests_log]}))
             if path == "/_mock/faults":
                 return _Reply(200, orjson.dumps(self.faults))
+            if path == "/_mock/capacity":
+                out = self.capacity.state()
+                if q.get("log") in ("1", "true"):
+                    out["log"] = self.capacity.log(float(q.get("since", 0)))
+                return _Reply(200, orjson.dumps(out))
             if path == "/_mock/health":
                 return _Reply(200, ok)
         elif method == "POST":
@@ -1167,6 +1200,16 @@ class MockFlexprice:
                 self.set_api_key(data["api_key"], **{k: data[k] for k in
                                                      ("forbidden_key", "config_key") if k in data})
                 return _Reply(200, ok)
+            if path == "/_mock/capacity":
+                opts = data or {}
+                unknown = set(opts) - {"capacity", "queue", "schedule", "retry_after_s"}
+                if unknown:
+                    raise ValueError(f"unknown capacity keys: {sorted(unknown)}")
+                schedule = opts.get("schedule")
+                if isinstance(schedule, str):
+                    schedule = parse_schedule(schedule)
+                return _Reply(200, orjson.dumps(self.capacity.configure(
+                    opts.get("capacity"), opts.get("queue"), schedule, opts.get("retry_after_s"))))
             if path == "/_mock/merge":
                 return _Reply(200, orjson.dumps({"merged": self.merge()}))
             if path == "/_mock/drain":
@@ -1215,6 +1258,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error-style", choices=("flat", "nested"), default="flat",
                    help="flat: the current server's bodies (default); nested: "
                         '{"success": false, "error": {...}} as servers before April 2026')
+    p.add_argument("--capacity", type=int, default=None,
+                   help="ingest requests served at once (each for --latency-ms); the next "
+                        "--capacity-queue wait their turn, beyond that 429 at once "
+                        "(default: unlimited)")
+    p.add_argument("--capacity-queue", type=int, default=None,
+                   help="requests that may wait for a server (default: as many as --capacity)")
+    p.add_argument("--capacity-schedule", type=parse_schedule, default=None,
+                   help="change the capacity during the run: seconds:capacity,... counted from "
+                        "the first ingest request, e.g. 0:32,10:4,20:32")
+    p.add_argument("--capacity-retry-after-s", type=int, default=None,
+                   help="Retry-After on the over-capacity 429s (default: none)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return p
 
@@ -1264,7 +1318,10 @@ def main(argv: list[str] | None = None) -> int:
                              seed_defaults=args.seed_defaults, verbose=args.verbose,
                              config_key=args.config_key, environment_id=args.environment_id,
                              queued=args.queued, queue_delay_s=args.queue_delay_s,
-                             queue_rate=args.queue_rate)
+                             queue_rate=args.queue_rate,
+                             capacity=Capacity(args.capacity, args.capacity_queue,
+                                               args.capacity_schedule,
+                                               args.capacity_retry_after_s))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

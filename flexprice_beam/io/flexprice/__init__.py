@@ -1,0 +1,1 @@
+"""The Flexprice delivery engine: policy, transport, executor, concurrency limit and sink."""

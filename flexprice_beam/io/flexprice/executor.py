@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from flexprice_beam.core.logs import Sampler, log_events
 from flexprice_beam.core.shutdown import STOP
+from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit
 from flexprice_beam.io.flexprice.policy import (
     Action,
     FixedLimit,
@@ -89,7 +90,7 @@ class Executor:
     """Non-blocking delivery over one ``Transport``; ``poll`` does the work.  Thread-safe
     (a lock), but meant to be driven by one thread at a time."""
 
-    def __init__(self, transport: Transport, retry: RetryPolicy, limit: FixedLimit,
+    def __init__(self, transport: Transport, retry: RetryPolicy, limit: FixedLimit | AdaptiveLimit,
                  throttle: Throttle, single: bool = False):
         self.transport = transport
         self.retry = retry

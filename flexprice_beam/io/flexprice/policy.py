@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from flexprice_beam.core.config import FlexpriceOutput, RetryConfig
 from flexprice_beam.io.api import FlexpriceAuthError, Kind, auth_advice, describe, kind_of
+from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit, FixedLimit
 
 __all__ = ["FlexpriceAuthError", "Kind"]  # shared with io/api.py (check, read-back)
 
@@ -166,20 +167,6 @@ class Throttle:
         return max(0.0, self._not_before - time.monotonic())
 
 
-class FixedLimit:
-    """At most ``limit`` requests in flight (Little's law: rate = limit / latency)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._permits = threading.BoundedSemaphore(limit)
-
-    def try_acquire(self) -> bool:
-        return self._permits.acquire(blocking=False)
-
-    def release(self, latency: float = 0.0, overloaded: bool = False) -> None:
-        self._permits.release()
-
-
 _SHARED: dict[tuple, object] = {}
 _SHARED_LOCK = threading.Lock()
 
@@ -192,12 +179,13 @@ def _shared(key: tuple, make):
         return got
 
 
-def process_limit(cfg: FlexpriceOutput) -> FixedLimit:
+def process_limit(cfg: FlexpriceOutput) -> FixedLimit | AdaptiveLimit:
     """One limiter per process and endpoint: an SDK worker holds several sink instances
     (every Flink subtask of a TaskManager; many Dataflow bundles), and ``max_in_flight``
     is the endpoint's, not each instance's."""
-    return _shared(("limit", cfg.scheme, cfg.api_host, cfg.max_in_flight),
-                   lambda: FixedLimit(cfg.max_in_flight))
+    return _shared(("limit", cfg.scheme, cfg.api_host, cfg.max_in_flight, cfg.in_flight_cap),
+                   lambda: AdaptiveLimit(cfg.in_flight_cap) if cfg.max_in_flight == "adaptive"
+                   else FixedLimit(cfg.max_in_flight))
 
 
 def process_throttle(cfg: FlexpriceOutput) -> Throttle:

@@ -164,16 +164,18 @@ class _FlexpriceSinkFn(beam.DoFn):
         self._latency = live.histogram("request_duration_seconds", ms="request_latency_ms")
         self._size = live.distribution("batch_size_events")
         self._in_flight = live.gauge("batches_in_flight")
+        self._limit_gauge = live.gauge("concurrency_limit")  # max_in_flight, or adaptive's now
+        self._limit_shown = 0
         self._retry_causes: dict[str, object] = {}
 
     def setup(self) -> None:
         cfg = self._cfg
         self._engine = executor_for(cfg, self._transport(cfg) if self._transport else None)
-        self._max_pending = cfg.max_in_flight * 2  # bounded memory: the rest waits upstream
+        self._max_pending = cfg.in_flight_cap * 2  # bounded memory: the rest waits upstream
         self._buffer = BatchBuffer(cfg.batching.count, cfg.batching.byte_size)
         self._lock = threading.Lock()  # the buffer and ``_ready``: bundle thread and timer
         self._ready: list[Outcome] = []
-        log.info("Flexprice output connected and ready (%s, mode=%s, max_in_flight=%d)",
+        log.info("Flexprice output connected and ready (%s, mode=%s, max_in_flight=%s)",
                  self._engine.transport.base_url, cfg.mode, cfg.max_in_flight)
         self._stop_timer = threading.Event()
         self._timer = threading.Thread(target=self._flush_aged, name="flexprice-flush",
@@ -224,6 +226,9 @@ class _FlexpriceSinkFn(beam.DoFn):
             for outcome in done:
                 yield from self._account(outcome)
             self._in_flight.set(self._engine.pending)
+            if self._engine.limit.limit != self._limit_shown:
+                self._limit_shown = self._engine.limit.limit
+                self._limit_gauge.set(self._limit_shown)
             if done or not block or not self._engine.pending:
                 return
 
