@@ -248,8 +248,8 @@ def test_adaptive_pipeline_backs_off_a_small_api_and_delivers_everything(mock_ap
     limit came down from its slow-start climb and ``/metrics`` shows it."""
     from flexprice_beam.launch.metrics_server import MetricsServer
     from flexprice_beam.launch.runner import run
-    from tests.support import make_config, read_dead_letters
     from tests.ops_helpers import get
+    from tests.support import make_config, read_dead_letters
 
     mock_api.set_faults(latency_ms=30)
     mock_api.capacity.configure(2, queue=2)

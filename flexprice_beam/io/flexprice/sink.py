@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from flexprice_beam.core import live
-from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
+from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.events import dead_letter
 from flexprice_beam.core.offsets import TRACKER as OFFSETS
 from flexprice_beam.core.offsets import Partition, kafka_position
@@ -34,13 +33,11 @@ from flexprice_beam.io.flexprice.policy import (
     process_throttle,
 )
 from flexprice_beam.io.flexprice.transport import HttpTransport, Transport
+from flexprice_beam.transforms.batches import BatchBuffer
 from flexprice_beam.transforms.mapping import DEAD_LETTER
 from flexprice_beam.transforms.validate import Prepared
 
 log = logging.getLogger("flexprice_beam.sink")
-
-_ENVELOPE = len(b'{"events":[]}')
-
 
 def delivery_dead_letter(d: Delivery) -> dict:
     return dead_letter("delivery", d.reason or "rejected", record=d.item.record,
@@ -73,66 +70,6 @@ class Delivered:
                 if offset > best.get(key, -1):
                     best[key] = offset
         return cls(outcome.accepted_count, best)
-
-
-class BatchBuffer:
-    """Cuts a stream of events into API batches by count and body size."""
-
-    def __init__(self, max_count: int, max_bytes: int):
-        self.max_count = max_count
-        self.max_bytes = min(max_bytes, MAX_BODY_BYTES)
-        self.items: list[Prepared] = []
-        self.size = _ENVELOPE
-        self.since = 0.0
-
-    def add(self, item: Prepared) -> list[list[Prepared]]:
-        """Add one event; return the batches that became full (usually none)."""
-        full = []
-        extra = len(item.body) + 1
-        if self.items and self.size + extra > self.max_bytes:
-            full.append(self.take())
-        if not self.items:
-            self.since = time.monotonic()
-        self.items.append(item)
-        self.size += extra
-        if len(self.items) >= self.max_count:
-            full.append(self.take())
-        return full
-
-    def extend(self, items: list[Prepared]) -> list[list[Prepared]]:
-        """``add`` for a list, whole slices at a time: lists arrive about batch-sized and far
-        below the byte limit, so the per-event work is one ``len`` (``add`` near the limit)."""
-        full = []
-        i, n = 0, len(items)
-        while i < n:
-            chunk = items[i:i + self.max_count - len(self.items)]
-            extra = sum([len(x.body) for x in chunk]) + len(chunk)
-            if self.size + extra > self.max_bytes:
-                for item in chunk:
-                    full.extend(self.add(item))
-            else:
-                if not self.items:
-                    self.since = time.monotonic()
-                    self.items = chunk
-                else:
-                    self.items.extend(chunk)
-                self.size += extra
-                if len(self.items) >= self.max_count:
-                    full.append(self.take())
-            i += len(chunk)
-        return full
-
-    def take(self) -> list[Prepared]:
-        items, self.items, self.size = self.items, [], _ENVELOPE
-        return items
-
-    def age(self) -> float:
-        return time.monotonic() - self.since if self.items else 0.0
-
-    def cut(self, items: list[Prepared]) -> list[list[Prepared]]:
-        """All of ``items`` as batches, the last one possibly short."""
-        batches = self.extend(items)
-        return batches + [self.take()] if self.items else batches
 
 
 def _in_global_window(out):
