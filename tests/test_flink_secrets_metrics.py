@@ -248,8 +248,7 @@ def test_sasl_ssl_job_holds_no_secret_and_its_counters_reach_prometheus(cluster,
     finally:
         try:
             if jid:
-                rest.cancel(jid)
-                rest.wait_state(jid, ("CANCELED", "FAILED", "FINISHED"), 60)
+                rest.cancel_and_wait(jid, 60)
         finally:
             producer.close(10)
             admin.delete_topics([topic])

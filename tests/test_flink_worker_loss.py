@@ -246,8 +246,7 @@ def test_losing_a_worker_loses_no_event_and_no_dead_letter(cluster, mock_api, tm
     finally:
         try:
             if jid:
-                rest.cancel(jid)
-                rest.wait_state(jid, ("CANCELED", "FAILED", "FINISHED"), 60)
+                rest.cancel_and_wait(jid, 60)
         finally:
             _sh(FLINK_SH, "start", timeout=300, check=False)  # worker 2 back for the next test
             letters.close()

@@ -141,9 +141,10 @@ def describe(status: int | None, body: str, error: str | None = None) -> str:
     return f"HTTP {status}: {text[:500]}" if text else f"HTTP {status}"
 
 
-def _describe(exc: BaseException, url: str) -> str:
+def describe_error(exc: BaseException, url: str) -> str:
     """``ConnectionError: [Errno 111] Connection refused (http://host:port)``: the innermost
-    reason urllib3/httpx wrapped, without their object reprs."""
+    reason urllib3/httpx wrapped, without their object reprs (http.client's errors as they
+    are): every error text about a Flexprice exchange, hot path or not."""
     reason: Any = exc
     while True:  # requests → MaxRetryError → NewConnectionError; httpx → httpcore
         inner = getattr(reason, "reason", None) or (
@@ -172,7 +173,7 @@ class _Endpoint:
                         "is used")
 
     def _failed(self, exc: BaseException) -> Reply:
-        return Reply(None, error=redact(_describe(exc, self.base_url), self._secrets))
+        return Reply(None, error=redact(describe_error(exc, self.base_url), self._secrets))
 
 
 class ApiClient(_Endpoint):
@@ -222,11 +223,14 @@ class ApiClient(_Endpoint):
         self.close()
 
 
-def ca_bundle() -> str:
-    """The certificates ``requests`` trusts: ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, else
-    certifi's bundle (for the SDK's httpx client, which reads neither variable)."""
-    return (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            or requests.certs.where())
+def ca_bundle(*also: str) -> str:
+    """The certificates ``requests`` trusts: ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` (then
+    the variables named in ``also``), else certifi's bundle; for the clients that read none
+    of them (the SDK's httpx client, the hot path's ``ssl`` context)."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", *also):
+        if os.environ.get(name):
+            return os.environ[name]
+    return requests.certs.where()
 
 
 class Lookups(_Endpoint):

@@ -179,6 +179,11 @@ class FlinkRest:
     def cancel(self, jid: str) -> None:
         self.call(f"/jobs/{jid}?mode=cancel", method="PATCH")
 
+    def cancel_and_wait(self, jid: str, timeout: float) -> str:
+        """Cancel ``jid`` and return its state once it ended (or when ``timeout`` ran out)."""
+        self.cancel(jid)
+        return self.wait_state(jid, _TERMINAL, timeout)
+
     def wait_state(self, jid: str, states: tuple[str, ...], timeout: float) -> str:
         deadline = time.monotonic() + timeout
         state = self.job(jid)["state"]
@@ -362,8 +367,7 @@ def attach(rest: FlinkRest, jid: str, status_interval: float = 10.0) -> int:
                 log.info("%s", _status_line(rest, jid, state))
                 next_status = time.monotonic() + status_interval
         log.info("Cancelling Flink job %s (a second Ctrl-C exits without waiting)", jid)
-        rest.cancel(jid)
-        state = rest.wait_state(jid, _TERMINAL, 120)
+        state = rest.cancel_and_wait(jid, 120)
         log.info("Flink job %s: %s", jid, state)
         return 0 if state == "CANCELED" else 1
     finally:

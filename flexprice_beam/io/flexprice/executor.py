@@ -203,12 +203,12 @@ class Executor:
         out.requests += 1
         out.latencies.append(answer.latency)
         out.sizes.append(len(job.items))
-        deadline = STOP.deadline if STOP.requested.is_set() else None
-        d = decide(answer, attempt=job.attempt, elapsed=time.monotonic() - job.started,
+        now, stopping = time.monotonic(), STOP.requested.is_set()
+        d = decide(answer, attempt=job.attempt, elapsed=now - job.started,
                    size=len(job.items), retry=self.retry, base_url=self.transport.base_url,
                    environment_id=self.transport.environment_id,
-                   stopping=STOP.signal_name if STOP.requested.is_set() else None,
-                   grace=None if deadline is None else deadline - time.monotonic())
+                   stopping=STOP.signal_name if stopping else None,
+                   grace=STOP.deadline - now if stopping and STOP.deadline is not None else None)
         if d.action is Action.ACCEPT:
             out.accepted.append(job.items)
             log_events(log, _ACCEPTED, job.items, "✅ Event accepted successfully, ID: %s",

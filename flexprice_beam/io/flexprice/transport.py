@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
-import os
 import select
 import selectors
 import ssl
@@ -22,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-import certifi
-
 from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
 from flexprice_beam.io.api import (
+    ca_bundle,
     check_transport,
+    describe_error,
     redact,
     request_headers,
     secret_values,
@@ -211,7 +210,7 @@ class HttpTransport:
             except _ERRORS:
                 pass
         if isinstance(exc, OSError) and body is not None and len(body) > MAX_BODY_BYTES:
-            return Answer(400, "", error=self._redact(_describe(exc, self.base_url)),
+            return Answer(400, "", error=self._redact(describe_error(exc, self.base_url)),
                           latency=time.monotonic() - started,
                           note=f"the connection broke while sending a {len(body)}-byte body, "
                                f"over Flexprice's {MAX_BODY_BYTES}-byte cap (an oversize 400)")
@@ -221,7 +220,7 @@ class HttpTransport:
         if isinstance(exc, ValueError):  # http.client refuses a header value it cannot send
             text = f"InvalidHeader: {exc}"
         else:
-            text = _describe(exc, self.base_url)
+            text = describe_error(exc, self.base_url)
         fatal = "certificate" if _cert_failure(exc) else "proxy" if _proxy_refused(exc) else None
         return Answer(None, "", error=self._redact(text), latency=time.monotonic() - started,
                       fatal=fatal)
@@ -257,9 +256,7 @@ def _ssl_context(verify: bool) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
-    cafile = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") \
-        or os.environ.get("SSL_CERT_FILE") or certifi.where()  # certifi: requests' own
-    return ssl.create_default_context(cafile=cafile)
+    return ssl.create_default_context(cafile=ca_bundle("SSL_CERT_FILE"))
 
 
 def proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
@@ -273,12 +270,6 @@ def proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
         cred = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
         headers["Proxy-Authorization"] = "Basic " + base64.b64encode(cred).decode()
     return p.hostname or "", p.port or 8080, headers
-
-
-def _describe(exc: BaseException, url: str) -> str:
-    """``ConnectionRefusedError: [Errno 111] Connection refused (http://host:port)``."""
-    text = str(exc) or repr(exc)
-    return f"{type(exc).__name__}: {text} ({url})"
 
 
 def _cert_failure(exc: BaseException) -> bool:
