@@ -53,6 +53,8 @@ if [ -z "${SKIP_SERVICES:-}" ]; then
 fi
 
 status=0
+# Every tool is installed above: a test of one that is missing fails (tests/conftest.py).
+[ -z "${SKIP_SERVICES:-}" ] && export FLEXPRICE_TEST_TOOLS=required
 .venv/bin/python -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "test.sh: pytest collected no tests — that is a failure here" >&2

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -20,21 +22,56 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 #: Fixtures that start a service needing more than Python, and the marker a test using one
-#: must carry, so that ``pytest -m "not kafka and not flink and not s3"`` runs with Python
-#: alone (README, "Testing"): the broker (Java, installed by Maven), the Flink cluster
-#: (Java), MinIO (built with Go).
+#: must carry, so that ``pytest -m "not kafka and not flink"`` runs with Python alone
+#: (README, "Testing"): the broker (Java, installed by Maven), the Flink cluster (Java),
+#: MinIO (built with Go; left out below where it cannot be built).
 SERVICE_FIXTURES = {"broker": "kafka", "expansion": "kafka", "cluster": "flink", "minio": "s3"}
+
+
+#: Markers whose tools are not Python, each with how to tell the tool can be had here and how
+#: to get it. Where it cannot (a machine with only Python), the marked tests are left out and
+#: the summary says so, so ``pytest -m "not kafka and not flink"`` runs there as the README
+#: says. ``scripts/test.sh`` (CI) installs every tool and sets FLEXPRICE_TEST_TOOLS=required:
+#: there nothing is left out, and a missing tool fails its tests.
+_ROOT = Path(__file__).resolve().parents[1]
+_CACHE = Path(os.environ.get("FLEXPRICE_CACHE_DIR", _ROOT / ".cache"))
+TOOLS = {
+    "s3": (lambda: shutil.which("go") or (_CACHE / "bin" / "minio").exists(),
+           "MinIO is not built and Go is missing (scripts/minio.sh install)"),
+    "promtool": (lambda: shutil.which("promtool"),
+                 "promtool is missing (scripts/prometheus.sh install: Debian's prometheus)"),
+}
+_LEFT_OUT: dict[str, tuple[int, str]] = {}
 
 
 def pytest_collection_modifyitems(config, items):
     """Refuse a test that uses a service fixture without the service's marker: deselecting
-    the marker must deselect every test that needs the service."""
+    the marker must deselect every test that needs the service. Then leave out the tests of
+    a tool this machine cannot have (``TOOLS``), unless the tools are required."""
     unmarked = sorted(
         f"{item.nodeid} uses `{name}` but is not marked {marker}"
         for item in items for name, marker in SERVICE_FIXTURES.items()
         if name in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None)
     if unmarked:
         raise pytest.UsageError("\n".join(unmarked))
+    if os.environ.get("FLEXPRICE_TEST_TOOLS") == "required":
+        return
+    missing = {marker: why for marker, (present, why) in TOOLS.items() if not present()}
+    out = [item for item in items if any(item.get_closest_marker(m) for m in missing)]
+    if out:
+        for marker, why in missing.items():
+            n = sum(1 for item in out if item.get_closest_marker(marker))
+            if n:
+                _LEFT_OUT[marker] = (n, why)
+        config.hook.pytest_deselected(items=out)
+        items[:] = [item for item in items if item not in out]
+
+
+def pytest_terminal_summary(terminalreporter):
+    for marker, (n, why) in _LEFT_OUT.items():
+        terminalreporter.write_line(
+            f"left out {n} test(s) marked {marker}: {why}; scripts/test.sh (CI) runs them",
+            yellow=True)
 
 
 @pytest.fixture(scope="session")

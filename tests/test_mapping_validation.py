@@ -112,6 +112,22 @@ def test_valid_event_serialised_canonically():
                                           "timestamp", "properties"]
 
 
+def test_prepared_body_holds_only_its_own_bytes():
+    """An event in flight keeps its body: it must not pin orjson's 4 KiB output buffer."""
+    import tracemalloc
+
+    events = [{**GOOD, "event_id": f"e{i}"} for i in range(200)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        bodies = [prepare(rec({}), e).body for e in events]
+        held = (tracemalloc.get_traced_memory()[0] - before) / len(bodies)
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * len(bodies[0]) + 200, f"{held:.0f} bytes held per {len(bodies[0])}-byte body"
+    assert [orjson.loads(b)["event_id"] for b in bodies] == [e["event_id"] for e in events]
+
+
 def test_oversized_event_is_invalid():
     big = {**GOOD, "properties": {"blob": "x" * (33 * 1024 * 1024)}}
     with pytest.raises(InvalidEvent, match="at most"):
