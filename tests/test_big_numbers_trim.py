@@ -149,3 +149,14 @@ def test_check_sees_the_trimmed_name(tmp_path):
         assert not report.problems, report.render()
         names = [f.subject for f in report.findings if f.check == "event_name"]
         assert names == ["api.request"]
+
+
+def test_string_mode_changes_a_copy_never_the_records_own_properties():
+    """The fast path shares the record's properties dict; ``big_numbers: string`` must not
+    rewrite the record a dead letter would show."""
+    value = ev(ok=1, count=LIMIT + 1)
+    record = rec(value)
+    p = prepare(record, Mapper(PipelineConfig())(record), big_numbers="string")
+    assert orjson.loads(p.body)["properties"] == {"ok": 1, "count": str(LIMIT + 1)}
+    assert p.event["properties"]["count"] == str(LIMIT + 1)
+    assert record.value["properties"] == {"ok": 1, "count": LIMIT + 1}

@@ -91,7 +91,7 @@ def _clean_fast(event: Any) -> dict[str, Any] | None:
         t = type(v)
         if type(k) is not str or not (t is int or t is str or (t is float and math.isfinite(v))):
             return None
-    out["properties"] = dict(props)
+    out["properties"] = props  # shared with the record: only a copy is ever changed
     for name in _OPTIONAL:  # strict str or None; None is left out like exclude_none
         v = event.get(name)
         if v is not None:
@@ -171,7 +171,9 @@ def _limit_numbers(clean: dict[str, Any], mode: str) -> None:
         if type(v) is str or -lim <= v <= lim:
             continue
         if mode == "string":
-            props[key] = str(v) if type(v) is int else repr(v)
+            if clean["properties"] is props:  # the record's own dict (``_clean_fast``): a copy
+                clean["properties"] = dict(props)
+            clean["properties"][key] = str(v) if type(v) is int else repr(v)
             continue
         kind = "integer" if type(v) is int else "number"
         raise InvalidEvent(f"properties.{key}",
