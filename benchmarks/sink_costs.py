@@ -5,6 +5,9 @@
 Variants (each in a fresh process, the stand-in in its own, medians of the repeats):
 
 * ``no-op sink``: the P1 denominator (``benchmarks.workers.CountingSink``).
+* ``no-op sink holding the last K lists``: the no-op sink, but each list is dropped only K
+  lists later, as the real sink keeps a batch until Flexprice answers (~2 batches in flight at
+  0 ms, ~8 at 20 ms): what keeping events alive costs the rest of the pipeline, with no HTTP.
 * ``instant answers``: the real sink and engine on a transport that answers 202 at once
   without a network (``InstantTransport``: the engine's own bookkeeping only).
 * ``stand-in``: the product as shipped, real HTTP to the stand-in.
@@ -34,6 +37,8 @@ if str(ROOT) not in sys.path:
 
 VARIANTS = {
     "no-op sink": "noop",
+    "no-op sink holding the last 2 lists": "hold2",
+    "no-op sink holding the last 8 lists": "hold8",
     "instant answers": "instant",
     "stand-in (as shipped)": "http",
 }
@@ -89,7 +94,8 @@ def child(variant: str, events: int, host_port: str) -> dict:
         "logger": {"level": "WARNING"}})
     main = os.getpid()
     r0, m0, t0 = resource.getrusage(resource.RUSAGE_SELF), _thread_cpu(main), time.perf_counter()
-    sink = CountingSink() if variant == "noop" else WriteToFlexprice(
+    sink = CountingSink() if variant == "noop" else CountingSink(hold=int(variant[4:])) \
+        if variant.startswith("hold") else WriteToFlexprice(
         cfg.output.flexprice, transport=InstantTransport) if variant == "instant" else None
     summary = run(cfg, [], sink=sink)
     wall = time.perf_counter() - t0

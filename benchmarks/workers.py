@@ -10,6 +10,7 @@ so Python/Beam import time is not charged to the throughput numbers.
 
 from __future__ import annotations
 
+import collections
 import json
 import resource
 import sys
@@ -29,22 +30,38 @@ def cpu_seconds() -> float:
 # ------------------------------------------------------------------------ no-op sink
 
 class _CountFn(beam.DoFn):
-    """Counts the events it is given (as ``events_accepted`` so the run still reconciles)."""
+    """Counts the events it is given (as ``events_accepted`` so the run still reconciles);
+    with ``hold``, drops each list only ``hold`` lists later (benchmarks/sink_costs.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: int = 0) -> None:
         self._seen = Metrics.counter("flexprice", "events_accepted")
+        self._hold = hold
+
+    def setup(self) -> None:
+        self._held: collections.deque = collections.deque()
 
     def process(self, items):
         self._seen.inc(len(items))
+        if self._hold:
+            self._held.append(items)
+            if len(self._held) > self._hold:
+                self._held.popleft()
+
+    def finish_bundle(self) -> None:
+        self._held.clear()
 
 
 class CountingSink(beam.PTransform):
     """The no-op sink: a PTransform that only counts."""
 
+    def __init__(self, hold: int = 0) -> None:
+        super().__init__()
+        self._hold = hold
+
     def expand(self, pcoll):
         from flexprice_beam.io.flexprice.sink import WriteResult
 
-        pcoll | "Count" >> beam.ParDo(_CountFn())
+        pcoll | "Count" >> beam.ParDo(_CountFn(self._hold))
         return WriteResult()
 
 
