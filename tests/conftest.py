@@ -64,7 +64,8 @@ def pytest_collection_modifyitems(config, items):
             if n:
                 _LEFT_OUT[marker] = (n, why)
         config.hook.pytest_deselected(items=out)
-        items[:] = [item for item in items if item not in out]
+        gone = set(map(id, out))
+        items[:] = [item for item in items if id(item) not in gone]
 
 
 def pytest_terminal_summary(terminalreporter):

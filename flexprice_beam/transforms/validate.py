@@ -190,10 +190,10 @@ _EXACT = b"".join
 def _serialise(clean: dict[str, Any], max_bytes: int = MAX_EVENT_BYTES) -> bytes:
     try:
         # orjson 3.12+ returns every result in a buffer of at least 4 KiB and never shrinks it
-        # (ijl/orjson's writer sets the size before its resize, which then does nothing).  The
-        # body lives as long as its event is in flight: 16 batches at 20 ms held ~33 MB
-        # instead of ~2 MB, and the whole pipeline ran on cold memory.  The copy costs ~40 ns;
-        # P3 gained ~13 % (docs/benchmarks.md, "Event bodies of their own size").
+        # (its writer sets the size before its resize, which then does nothing).  The body
+        # lives as long as its event is in flight: ~8 batches at 20 ms held ~16 MB instead of
+        # ~1 MB, and the pipeline ran on cold memory.  The copy costs ~40 ns; P3 went from
+        # 0.64 to 0.74 (docs/benchmarks.md, "Event bodies of their own size").
         body = _EXACT((orjson.dumps(clean), b""))
     except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits: this event's fault
         raise InvalidEvent("properties", f"cannot be sent as JSON: {exc}") from None
