@@ -1,4 +1,5 @@
-"""``HttpTransport``: requests to Flexprice on keep-alive ``http.client`` connections.
+"""``HttpTransport``: requests to Flexprice on keep-alive ``http.client`` connections,
+framed and parsed by ``wire`` (a head built once, httptools for the answers).
 
 It reports what happened (an ``Answer``) and decides nothing (``policy.decide`` does).
 ``send`` writes a request and returns, ``ready`` says which answers can be read (or timed
@@ -31,6 +32,7 @@ from flexprice_beam.io.api import (
     secret_values,
 )
 from flexprice_beam.io.flexprice.policy import Answer, parse_retry_after
+from flexprice_beam.io.flexprice.wire import Reply, framed, host_header, read_reply, request_head
 from flexprice_beam.io.secrets import resolve_api_key
 
 log = logging.getLogger("flexprice_beam.client")
@@ -90,6 +92,10 @@ class HttpTransport:
         self._prefix = self.base_url if self._proxy and not self._https else ""
         if self._prefix:
             self._headers.update(self._proxy[2])
+        # Host as http.client names it: the URL's through a plain proxy, else the target's
+        self._host_header = parts.netloc if self._prefix else host_header(
+            self._host, self._port, 443 if self._https else 80)
+        self._heads: dict[tuple[str, str], tuple] = {}
         self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (conn, idle since)
         self._busy: dict[int, Exchange] = {}
         self._done: list[Exchange] = []
@@ -104,7 +110,9 @@ class HttpTransport:
         conn = self._connection(RECHECK_IDLE if recheck is None else recheck)
         ex = Exchange(conn, time.monotonic(), tag)
         try:
-            conn.request(method, self._prefix + path, body=body, headers=self._headers)
+            if conn.sock is None:
+                conn.connect()  # TCP, TLS, the proxy's tunnel: http.client's
+            conn.sock.sendall(framed(self._head(method, path), body or b""))
         except _ERRORS as exc:
             ex.answer = self._early_answer(conn, exc, body, ex.started)
             conn.close()
@@ -113,6 +121,14 @@ class HttpTransport:
         self._busy[conn.sock.fileno()] = ex
         self._selector.register(conn.sock, selectors.EVENT_READ)
         return ex
+
+    def _head(self, method: str, path: str) -> tuple:
+        """Built once per request line; a header http.client refuses fails each send as there."""
+        head = self._heads.get((method, path))
+        if head is None:
+            head = self._heads[method, path] = request_head(
+                method, self._prefix + path, self._host_header, self._headers)
+        return head
 
     def ready(self, timeout: float) -> list[Exchange]:
         """Exchanges whose answer can be read now (or are over the timeout), waiting up to
@@ -136,16 +152,15 @@ class HttpTransport:
             return ex.answer
         conn = ex.conn
         try:
-            resp = conn.getresponse()
-            data = resp.read()
+            reply = read_reply(conn.sock)
         except _ERRORS as exc:
             conn.close()  # possibly half-dead: the next call opens a fresh one
             return self._failed(exc, ex.started)
-        if resp.will_close:
-            conn.close()
-        else:
+        if reply.keep_alive:
             self._idle.append((conn, time.monotonic()))
-        return _answer(resp, data, ex.started)
+        else:
+            conn.close()
+        return _answer(reply, ex.started)
 
     def _release(self, fd: int) -> Exchange:
         ex = self._busy.pop(fd)
@@ -205,8 +220,7 @@ class HttpTransport:
                 and conn.sock is not None:
             try:
                 conn.sock.settimeout(min(self._timeout, 2.0))  # the peer has hung up already
-                resp = conn.getresponse()
-                return _answer(resp, resp.read(), started)
+                return _answer(read_reply(conn.sock), started)
             except _ERRORS:
                 pass
         if isinstance(exc, OSError) and body is not None and len(body) > MAX_BODY_BYTES:
@@ -231,10 +245,9 @@ class HttpTransport:
         return redact(text, self._secrets)
 
 
-def _answer(resp: http.client.HTTPResponse, data: bytes, started: float) -> Answer:
-    return Answer(resp.status, data.decode("utf-8", "replace"),
-                  parse_retry_after(resp.getheader("Retry-After")),
-                  latency=time.monotonic() - started)
+def _answer(reply: Reply, started: float) -> Answer:
+    return Answer(reply.status, reply.body.decode("utf-8", "replace"),
+                  parse_retry_after(reply.retry_after), latency=time.monotonic() - started)
 
 
 def dropped(conn: http.client.HTTPConnection) -> bool:
