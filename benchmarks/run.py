@@ -911,6 +911,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="for P5, start the Kafka broker and the Flink cluster (scripts/kafka.sh, "
                          "scripts/flink.sh) if they are not running, and stop them afterwards")
     args = ap.parse_args(argv)
+    # SIGTERM (kill, pkill) ends the harness through its ``finally`` blocks, which stop the
+    # child run and the stand-in; by default it would leave them running.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     wanted = set(SECTIONS) if not args.only else {s.strip() for s in args.only.split(",")}
     unknown = wanted - set(SECTIONS)
     if unknown:
