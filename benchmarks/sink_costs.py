@@ -94,9 +94,12 @@ def child(variant: str, events: int, host_port: str) -> dict:
         "logger": {"level": "WARNING"}})
     main = os.getpid()
     r0, m0, t0 = resource.getrusage(resource.RUSAGE_SELF), _thread_cpu(main), time.perf_counter()
-    sink = CountingSink() if variant == "noop" else CountingSink(hold=int(variant[4:])) \
-        if variant.startswith("hold") else WriteToFlexprice(
-        cfg.output.flexprice, transport=InstantTransport) if variant == "instant" else None
+    if variant.startswith("hold"):  # hold2, hold8: the no-op sink keeping K lists
+        sink = CountingSink(hold=int(variant[4:]))
+    elif variant == "instant":
+        sink = WriteToFlexprice(cfg.output.flexprice, transport=InstantTransport)
+    else:  # noop, or None: the product's own sink
+        sink = CountingSink() if variant == "noop" else None
     summary = run(cfg, [], sink=sink)
     wall = time.perf_counter() - t0
     r1, m1 = resource.getrusage(resource.RUSAGE_SELF), _thread_cpu(main)

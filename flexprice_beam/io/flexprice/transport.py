@@ -32,7 +32,14 @@ from flexprice_beam.io.api import (
     secret_values,
 )
 from flexprice_beam.io.flexprice.policy import Answer, parse_retry_after
-from flexprice_beam.io.flexprice.wire import Reply, framed, host_header, read_reply, request_head
+from flexprice_beam.io.flexprice.wire import (
+    Head,
+    Reply,
+    framed,
+    host_header,
+    read_reply,
+    request_head,
+)
 from flexprice_beam.io.secrets import resolve_api_key
 
 log = logging.getLogger("flexprice_beam.client")
@@ -95,7 +102,7 @@ class HttpTransport:
         # Host as http.client names it: the URL's through a plain proxy, else the target's
         self._host_header = parts.netloc if self._prefix else host_header(
             self._host, self._port, 443 if self._https else 80)
-        self._heads: dict[tuple[str, str], tuple] = {}
+        self._heads: dict[tuple[str, str], Head] = {}
         self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (conn, idle since)
         self._busy: dict[int, Exchange] = {}
         self._done: list[Exchange] = []
@@ -122,7 +129,7 @@ class HttpTransport:
         self._selector.register(conn.sock, selectors.EVENT_READ)
         return ex
 
-    def _head(self, method: str, path: str) -> tuple:
+    def _head(self, method: str, path: str) -> Head:
         """Built once per request line; a header http.client refuses fails each send as there."""
         head = self._heads.get((method, path))
         if head is None:

@@ -25,7 +25,11 @@ def host_header(host: str, port: int, default_port: int) -> str:
     return host if port == default_port else f"{host}:{port}"
 
 
-def request_head(method: str, target: str, host: str, headers: dict[str, str]) -> tuple:
+#: a request's head, split around its Content-Length value (``framed`` puts it in)
+Head = tuple[bytes, bytes]
+
+
+def request_head(method: str, target: str, host: str, headers: dict[str, str]) -> Head:
     """``(before, after)`` the Content-Length value: the bytes http.client sends, in its order;
     a header it refuses raises its ``ValueError``. ``host`` as http.client names it."""
     names = {k.lower() for k in headers}
@@ -45,7 +49,7 @@ def request_head(method: str, target: str, host: str, headers: dict[str, str]) -
     return b"\r\n".join(lines) + b"\r\nContent-Length: ", after + b"\r\n"
 
 
-def framed(head: tuple, body: bytes) -> bytes:
+def framed(head: Head, body: bytes) -> bytes:
     """A request as one write: one copy of ``body``, one syscall."""
     return b"".join((head[0], b"%d\r\n" % len(body), head[1], body))
 
@@ -68,19 +72,18 @@ class _Parse:
     def on_message_begin(self) -> None:  # again after a 1xx: 100 Continue, 103 Early Hints
         self.retry_after: list[bytes] = []
         self.chunks: list[bytes] = []
-        self.status = 0
-        self.headers_done = self.done = self.keep_alive = self.framed = False
+        self.status = 0  # set once the headers are in
+        self.done = self.keep_alive = self.sized = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         low = name.lower()
         if low == b"retry-after":
             self.retry_after.append(value)
-        self.framed |= low in (b"content-length", b"transfer-encoding")  # else: ends at EOF
+        self.sized |= low in (b"content-length", b"transfer-encoding")  # else: ends at EOF
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
-        self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -92,18 +95,18 @@ class _Parse:
 def read_reply(sock: socket.socket) -> Reply:
     """One answer from ``sock`` (its timeout bounds each read), or what http.client raises:
     ``RemoteDisconnected``, ``IncompleteRead``, ``HTTPException``, the socket's errors."""
-    p, got = _Parse(), 0
+    p, seen = _Parse(), False
     while not p.done:
         data = sock.recv(65536)
         if not data:
-            if p.headers_done and not p.framed:
+            if p.status and not p.sized:  # the body ends where the connection does
                 p.done, p.keep_alive = True, False
                 break
-            if not got:
+            if not seen:
                 raise http.client.RemoteDisconnected("Remote end closed connection without "
                                                      "response")
             raise http.client.IncompleteRead(b"".join(p.chunks))
-        got += len(data)
+        seen = True
         try:
             p.parser.feed_data(data)
         except httptools.HttpParserError as exc:
