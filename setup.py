@@ -23,7 +23,7 @@ setup(
         "pydantic>=2.7,<3",
         "jmespath>=1.0,<2",
         "orjson>=3.9,<4",
-        "httptools>=0.6,<1",  # the sink's HTTP answers (io/flexprice/wire.py)
+        "httptools>=0.6,<1",  # the sink's HTTP answers (io/flexprice/transport.py)
         "PyYAML>=6,<7",
         "prometheus_client>=0.20,<1",
     ],

@@ -1,4 +1,4 @@
-"""The sink's HTTP framing (io/flexprice/wire.py): the request bytes are the ones http.client
+"""The sink's HTTP framing (io/flexprice/transport.py): the request bytes are the ones http.client
 sends, and answers are read as http.client reads them, however the server frames them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from flexprice_beam.io.flexprice.wire import framed, host_header, read_reply, request_head
+from flexprice_beam.io.flexprice.transport import framed, host_header, read_reply, request_head
 
 HEADERS = {"x-api-key": "k", "Content-Type": "application/json", "Accept": "application/json",
            "User-Agent": "flexprice-beam", "X-Environment-ID": "env 100%"}

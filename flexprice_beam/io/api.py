@@ -17,6 +17,7 @@ import enum
 import logging
 import os
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -223,10 +224,19 @@ class ApiClient(_Endpoint):
         self.close()
 
 
+def ssl_context(verify: bool) -> ssl.SSLContext:
+    """For the clients that are not ``requests`` (the hot path, the SDK's httpx): trust what
+    ``requests`` trusts (``ca_bundle``), and ``SSL_CERT_FILE`` as OpenSSL reads it."""
+    ctx = ssl.create_default_context(cafile=ca_bundle("SSL_CERT_FILE") if verify else None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def ca_bundle(*also: str) -> str:
     """The certificates ``requests`` trusts: ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` (then
-    the variables named in ``also``), else certifi's bundle; for the clients that read none
-    of them (the SDK's httpx client, the hot path's ``ssl`` context)."""
+    the variables named in ``also``), else certifi's bundle."""
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", *also):
         if os.environ.get(name):
             return os.environ[name]
@@ -239,18 +249,15 @@ class Lookups(_Endpoint):
     dicts, so the checks do not depend on the SDK's model classes."""
 
     def __init__(self, cfg: FlexpriceOutput):
-        import ssl
-
         import httpx
         from flexprice import Flexprice
 
         key = self._connect(cfg)
         headers = request_headers(cfg, key)
         del headers["x-api-key"]  # the SDK sets it from api_key_auth
-        verify: Any = False if cfg.skip_cert_verify else ssl.create_default_context(
-            cafile=ca_bundle())
-        self._http = httpx.Client(headers=headers, verify=verify, timeout=cfg.timeout,
-                                  follow_redirects=False, trust_env=True)  # *_PROXY, NO_PROXY
+        self._http = httpx.Client(headers=headers, verify=ssl_context(not cfg.skip_cert_verify),
+                                  timeout=cfg.timeout, follow_redirects=False,
+                                  trust_env=True)  # *_PROXY, NO_PROXY
         self._sdk = Flexprice(server_url=self.base_url + "/v1", api_key_auth=key,
                               client=self._http, timeout_ms=int(cfg.timeout * 1000))
 

@@ -1,4 +1,6 @@
-"""``AdaptiveLimit``: ``max_in_flight: adaptive``, concurrency that follows the API's capacity.
+"""How many requests each process may have in flight, and when: ``FixedLimit``, the
+process's 429 ``Throttle`` (one per process and endpoint, ``process_limit``/``process_throttle``)
+and ``AdaptiveLimit``: ``max_in_flight: adaptive``, concurrency that follows the API's capacity.
 
 Why: a fixed ``max_in_flight`` is right for one capacity only.  Too low wastes a fast API
 (events in flight = rate × latency); too high, against a slow or shrunken one, only queues
@@ -41,6 +43,8 @@ from __future__ import annotations
 import math
 import threading
 import time
+
+from flexprice_beam.core.config import FlexpriceOutput
 
 #: EWMA weight of each window's RTT in the moving baseline (Vector's ``ewma_alpha``)
 EWMA_ALPHA = 0.4
@@ -166,3 +170,46 @@ class FixedLimit:
 
     def release(self, latency: float = 0.0, overloaded: bool = False) -> None:
         self._sem.release()
+
+
+class Throttle:
+    """A "not before" time set by 429s, shared by every sender of the process
+    (``process_throttle``), so a rate-limited API is not hammered from eight sinks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._not_before = 0.0
+
+    def defer(self, seconds: float) -> None:
+        with self._lock:
+            self._not_before = max(self._not_before, time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        """Seconds until sending may resume (0: now)."""
+        return max(0.0, self._not_before - time.monotonic())
+
+
+_SHARED: dict[tuple, object] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared(key: tuple, make):
+    with _SHARED_LOCK:
+        got = _SHARED.get(key)
+        if got is None:
+            got = _SHARED[key] = make()
+        return got
+
+
+def process_limit(cfg: FlexpriceOutput) -> FixedLimit | AdaptiveLimit:
+    """One limiter per process and endpoint: an SDK worker holds several sink instances
+    (every Flink subtask of a TaskManager; many Dataflow bundles), and ``max_in_flight``
+    is the endpoint's, not each instance's."""
+    return _shared(("limit", cfg.scheme, cfg.api_host, cfg.max_in_flight, cfg.in_flight_cap),
+                   lambda: AdaptiveLimit(cfg.in_flight_cap) if cfg.max_in_flight == "adaptive"
+                   else FixedLimit(cfg.max_in_flight))
+
+
+def process_throttle(cfg: FlexpriceOutput) -> Throttle:
+    """One Retry-After deferral per process and endpoint."""
+    return _shared(("throttle", cfg.scheme, cfg.api_host), Throttle)

@@ -21,16 +21,8 @@ from dataclasses import dataclass, field
 
 from flexprice_beam.core.logs import Sampler, log_events
 from flexprice_beam.core.shutdown import STOP
-from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit
-from flexprice_beam.io.flexprice.policy import (
-    Action,
-    FixedLimit,
-    FlexpriceAuthError,
-    Kind,
-    RetryPolicy,
-    Throttle,
-    decide,
-)
+from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit, FixedLimit, Throttle
+from flexprice_beam.io.flexprice.policy import Action, FlexpriceAuthError, Kind, RetryPolicy, decide
 from flexprice_beam.io.flexprice.transport import BULK_PATH, SINGLE_PATH, Transport, bulk_body
 from flexprice_beam.transforms.validate import Prepared
 
@@ -71,8 +63,7 @@ class Outcome:
         return sum(map(len, self.accepted))
 
     def accepted_items(self):
-        for part in self.accepted:
-            yield from part
+        return itertools.chain.from_iterable(self.accepted)
 
 
 @dataclass(slots=True, eq=False)
@@ -117,7 +108,7 @@ class Executor:
         if not items:
             return
         log_events(log, _SENDING, items, "📤 Sending event: %s for customer: %s",
-                   _name_and_customer)
+                   lambda i: (i.event["event_name"], i.event["external_customer_id"]))
         outcome = Outcome()
         with self._lock:
             self.pending += 1
@@ -212,7 +203,7 @@ class Executor:
         if d.action is Action.ACCEPT:
             out.accepted.append(job.items)
             log_events(log, _ACCEPTED, job.items, "✅ Event accepted successfully, ID: %s",
-                       _event_id)
+                       lambda i: (i.event["event_id"],))
         elif d.action is Action.RETRY:
             out.retries[d.cause] = out.retries.get(d.cause, 0) + 1
             out.throttled += d.delay
@@ -251,14 +242,6 @@ def deliver(executor: Executor, batches: list[list[Prepared]]) -> list[Outcome]:
     for batch in batches:
         executor.submit(batch)
     return list(executor.drain())
-
-
-def _name_and_customer(item: Prepared) -> tuple:
-    return item.event["event_name"], item.event["external_customer_id"]
-
-
-def _event_id(item: Prepared) -> tuple:
-    return (item.event["event_id"],)
 
 
 def _log_failure(level: int, items: list[Prepared], why: str) -> None:

@@ -2,21 +2,18 @@
 
 ``decide`` maps an ``Answer``, the attempt, the time spent and the retry settings to an
 ``Action`` (README, "Error handling"); the transport only reports and the executor only acts,
-as Beam's ``requestresponse`` keeps its ``Repeater`` apart from its ``Caller``.  Also here:
-the process-wide throttle and concurrency limit."""
+as Beam's ``requestresponse`` keeps its ``Repeater`` apart from its ``Caller``."""
 
 from __future__ import annotations
 
 import email.utils
 import enum
 import random
-import threading
 import time
 from dataclasses import dataclass
 
-from flexprice_beam.core.config import FlexpriceOutput, RetryConfig
+from flexprice_beam.core.config import RetryConfig
 from flexprice_beam.io.api import FlexpriceAuthError, Kind, auth_advice, describe, kind_of
-from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit, FixedLimit
 
 __all__ = ["FlexpriceAuthError", "Kind"]  # shared with io/api.py (check, read-back)
 
@@ -148,46 +145,3 @@ class RetryPolicy:
 
     def gives_up(self, attempt: int, started: float, next_delay: float) -> bool:
         return self.exhausted(attempt, time.monotonic() - started, next_delay)
-
-
-class Throttle:
-    """A "not before" time set by 429s, shared by every sender of the process
-    (``process_throttle``), so a rate-limited API is not hammered from eight sinks."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._not_before = 0.0
-
-    def defer(self, seconds: float) -> None:
-        with self._lock:
-            self._not_before = max(self._not_before, time.monotonic() + seconds)
-
-    def remaining(self) -> float:
-        """Seconds until sending may resume (0: now)."""
-        return max(0.0, self._not_before - time.monotonic())
-
-
-_SHARED: dict[tuple, object] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def _shared(key: tuple, make):
-    with _SHARED_LOCK:
-        got = _SHARED.get(key)
-        if got is None:
-            got = _SHARED[key] = make()
-        return got
-
-
-def process_limit(cfg: FlexpriceOutput) -> FixedLimit | AdaptiveLimit:
-    """One limiter per process and endpoint: an SDK worker holds several sink instances
-    (every Flink subtask of a TaskManager; many Dataflow bundles), and ``max_in_flight``
-    is the endpoint's, not each instance's."""
-    return _shared(("limit", cfg.scheme, cfg.api_host, cfg.max_in_flight, cfg.in_flight_cap),
-                   lambda: AdaptiveLimit(cfg.in_flight_cap) if cfg.max_in_flight == "adaptive"
-                   else FixedLimit(cfg.max_in_flight))
-
-
-def process_throttle(cfg: FlexpriceOutput) -> Throttle:
-    """One Retry-After deferral per process and endpoint."""
-    return _shared(("throttle", cfg.scheme, cfg.api_host), Throttle)

@@ -25,13 +25,9 @@ from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.events import dead_letter
 from flexprice_beam.core.offsets import TRACKER as OFFSETS
 from flexprice_beam.core.offsets import Partition, kafka_position
+from flexprice_beam.io.flexprice.concurrency import process_limit, process_throttle
 from flexprice_beam.io.flexprice.executor import Delivery, Executor, Outcome
-from flexprice_beam.io.flexprice.policy import (
-    FlexpriceAuthError,
-    RetryPolicy,
-    process_limit,
-    process_throttle,
-)
+from flexprice_beam.io.flexprice.policy import FlexpriceAuthError, RetryPolicy
 from flexprice_beam.io.flexprice.transport import HttpTransport, Transport
 from flexprice_beam.transforms.batches import BatchBuffer
 from flexprice_beam.transforms.mapping import DEAD_LETTER

@@ -1,20 +1,26 @@
-"""``HttpTransport``: requests to Flexprice on keep-alive ``http.client`` connections,
-framed and parsed by ``wire`` (a head built once, httptools for the answers).
+"""``HttpTransport``: requests to Flexprice on keep-alive ``http.client`` connections.
 
 It reports what happened (an ``Answer``) and decides nothing (``policy.decide`` does).
 ``send`` writes a request and returns, ``ready`` says which answers can be read (or timed
-out), ``read`` reads one; ``request`` is the three in a row.  Not ``requests`` (io/api.py):
-a bulk POST costs ~10x its Python there, on the pipeline's own thread (docs/benchmarks.md);
-kept from it: certifi or ``REQUESTS_CA_BUNDLE``, ``HTTPS_PROXY``/``NO_PROXY``, stale
-keep-alive connections replaced."""
+out), ``read`` reads one; ``request`` is the three in a row.  Kept from ``requests`` (io/api.py):
+certifi or ``REQUESTS_CA_BUNDLE``, ``HTTPS_PROXY``/``NO_PROXY``, stale connections replaced.
+
+Why not ``requests``: a bulk POST costs ~10x its Python there, on the pipeline's own thread.
+Why not ``http.client``'s ``request()``/``getresponse()`` either: ~70 µs more per 500-event
+request (every header checked and formatted again; an ``email.parser`` pass and a buffered
+reader per answer), ~2 % of the pipeline.  So http.client only opens the connections (TLS,
+proxy tunnels); a head built once frames each request and httptools (llhttp, Node.js's
+parser) reads the answers (docs/benchmarks.md, "HTTP framing").
+"""
 
 from __future__ import annotations
 
 import base64
 import http.client
-import logging
+import re
 import select
 import selectors
+import socket
 import ssl
 import time
 import urllib.request
@@ -22,27 +28,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+import httptools
+
 from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
 from flexprice_beam.io.api import (
-    ca_bundle,
     check_transport,
     describe_error,
     redact,
     request_headers,
     secret_values,
+    ssl_context,
 )
 from flexprice_beam.io.flexprice.policy import Answer, parse_retry_after
-from flexprice_beam.io.flexprice.wire import (
-    Head,
-    Reply,
-    framed,
-    host_header,
-    read_reply,
-    request_head,
-)
 from flexprice_beam.io.secrets import resolve_api_key
-
-log = logging.getLogger("flexprice_beam.client")
 
 BULK_PATH = "/v1/events/bulk"
 SINGLE_PATH = "/v1/events"
@@ -93,7 +91,7 @@ class HttpTransport:
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
-        self._ssl = _ssl_context(verify=not cfg.skip_cert_verify) if self._https else None
+        self._ssl = ssl_context(verify=not cfg.skip_cert_verify) if self._https else None
         self._proxy = proxy_for(parts.scheme, self._host)
         # Through a plain-http proxy the request line names the whole URL; https tunnels.
         self._prefix = self.base_url if self._proxy and not self._https else ""
@@ -205,16 +203,13 @@ class HttpTransport:
             if time.monotonic() - since < recheck or not dropped(conn):
                 return conn
             conn.close()
-        if self._proxy is None:  # a new one (it connects on first use)
-            if self._https:
-                return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
-                                                   context=self._ssl)
-            return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-        phost, pport, pheaders = self._proxy
+        # a new one (it connects on first use), to the proxy if there is one
+        host, port = self._proxy[:2] if self._proxy else (self._host, self._port)
         if not self._https:
-            return http.client.HTTPConnection(phost, pport, timeout=self._timeout)
-        conn = http.client.HTTPSConnection(phost, pport, timeout=self._timeout, context=self._ssl)
-        conn.set_tunnel(self._host, self._port, headers=pheaders)
+            return http.client.HTTPConnection(host, port, timeout=self._timeout)
+        conn = http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._ssl)
+        if self._proxy:  # https through a proxy: a CONNECT tunnel
+            conn.set_tunnel(self._host, self._port, headers=self._proxy[2])
         return conn
 
     def _early_answer(self, conn: http.client.HTTPConnection, exc: BaseException,
@@ -242,7 +237,10 @@ class HttpTransport:
             text = f"InvalidHeader: {exc}"
         else:
             text = describe_error(exc, self.base_url)
-        fatal = "certificate" if _cert_failure(exc) else "proxy" if _proxy_refused(exc) else None
+        # a certificate that does not verify (http.client raises ssl's own error): retrying
+        # cannot help, and must not be hidden
+        fatal = "certificate" if isinstance(exc, ssl.SSLCertVerificationError) \
+            else "proxy" if _proxy_refused(exc) else None
         return Answer(None, "", error=self._redact(text), latency=time.monotonic() - started,
                       fatal=fatal)
 
@@ -268,17 +266,6 @@ def dropped(conn: http.client.HTTPConnection) -> bool:
         return True
 
 
-def _ssl_context(verify: bool) -> ssl.SSLContext:
-    """Trust what ``requests`` trusts: ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, else
-    certifi's bundle, else the system store; ``SSL_CERT_FILE`` as OpenSSL reads it."""
-    if not verify:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=ca_bundle("SSL_CERT_FILE"))
-
-
 def proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
     """``(host, port, headers)`` of the proxy the environment names for this URL, if any."""
     proxy = urllib.request.getproxies().get(scheme)
@@ -292,22 +279,108 @@ def proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
     return p.hostname or "", p.port or 8080, headers
 
 
-def _cert_failure(exc: BaseException) -> bool:
-    """A certificate that does not verify: retrying cannot help, and must not be hidden."""
-    seen: set[int] = set()
-    todo: list[Any] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return True
-        todo.extend([e.__cause__, e.__context__, getattr(e, "reason", None)])
-        todo.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
-    return False
-
-
 def _proxy_refused(exc: BaseException) -> bool:
     """The HTTPS proxy answered CONNECT with 407: wrong or missing proxy credentials."""
     return isinstance(exc, OSError) and str(exc).startswith("Tunnel connection failed: 407")
+
+
+# ---------------------------------------------------------------- the bytes of an exchange
+
+_LEGAL_NAME = re.compile(rb"[^:\s][^:\r\n]*").fullmatch  # http.client's putheader rules
+_ILLEGAL_VALUE = re.compile(rb"\n(?![ \t])|\r(?![ \t\n])").search
+
+
+def host_header(host: str, port: int, default_port: int) -> str:
+    """``Host`` as http.client writes it: IPv6 in brackets without its zone, no default port."""
+    host = f"[{host.split('%', 1)[0]}]" if ":" in host else host
+    return host if port == default_port else f"{host}:{port}"
+
+
+#: a request's head, split around its Content-Length value (``framed`` puts it in)
+Head = tuple[bytes, bytes]
+
+
+def request_head(method: str, target: str, host: str, headers: dict[str, str]) -> Head:
+    """``(before, after)`` the Content-Length value: the bytes http.client sends, in its order;
+    a header it refuses raises its ``ValueError``. ``host`` as http.client names it."""
+    names = {k.lower() for k in headers}
+    lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
+    if "host" not in names:
+        lines.append(b"Host: " + host.encode("ascii" if host.isascii() else "idna"))
+    if "accept-encoding" not in names:
+        lines.append(b"Accept-Encoding: identity")
+    after = b""
+    for name, value in headers.items():
+        raw_name, raw_value = name.encode("ascii"), value.encode("latin-1")
+        if not _LEGAL_NAME(raw_name):
+            raise ValueError(f"Invalid header name {raw_name!r}")
+        if _ILLEGAL_VALUE(raw_value):
+            raise ValueError(f"Invalid header value {raw_value!r}")
+        after += raw_name + b": " + raw_value + b"\r\n"
+    return b"\r\n".join(lines) + b"\r\nContent-Length: ", after + b"\r\n"
+
+
+def framed(head: Head, body: bytes) -> bytes:
+    """A request as one write: one copy of ``body``, one syscall."""
+    return b"".join((head[0], b"%d\r\n" % len(body), head[1], body))
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    retry_after: str | None  # repeated headers joined with ", ", as http.client does
+    keep_alive: bool
+
+
+class _Parse:
+    """httptools' callbacks for one answer; 1xx interim answers are skipped."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.on_message_begin()
+
+    def on_message_begin(self) -> None:  # again after a 1xx: 100 Continue, 103 Early Hints
+        self.retry_after: list[bytes] = []
+        self.chunks: list[bytes] = []
+        self.status = 0  # set once the headers are in
+        self.done = self.keep_alive = self.sized = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        low = name.lower()
+        if low == b"retry-after":
+            self.retry_after.append(value)
+        self.sized |= low in (b"content-length", b"transfer-encoding")  # else: ends at EOF
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done = self.status >= 200
+
+
+def read_reply(sock: socket.socket) -> Reply:
+    """One answer from ``sock`` (its timeout bounds each read), or what http.client raises:
+    ``RemoteDisconnected``, ``IncompleteRead``, ``HTTPException``, the socket's errors."""
+    p, seen = _Parse(), False
+    while not p.done:
+        data = sock.recv(65536)
+        if not data:
+            if p.status and not p.sized:  # the body ends where the connection does
+                p.done, p.keep_alive = True, False
+                break
+            if not seen:
+                raise http.client.RemoteDisconnected("Remote end closed connection without "
+                                                     "response")
+            raise http.client.IncompleteRead(b"".join(p.chunks))
+        seen = True
+        try:
+            p.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise http.client.HTTPException(f"malformed answer: {exc}") from None
+    text = b", ".join(p.retry_after).decode("latin-1") if p.retry_after else None
+    return Reply(p.status, b"".join(p.chunks), text, p.keep_alive)
