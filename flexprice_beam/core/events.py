@@ -56,6 +56,15 @@ class Record:
     error: str | None = None  # set when the source could not decode it: it goes to dead letters
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A valid event ready to send: its record (for dead letters/offsets) and its bytes."""
+
+    record: Record
+    event: dict[str, Any]
+    body: bytes
+
+
 def rfc3339(ts: dt.datetime) -> str:
     """UTC RFC3339 with millisecond precision, the form Flexprice stores."""
     ts = ts.astimezone(dt.timezone.utc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 log = logging.getLogger("flexprice_beam.kafka")
@@ -55,6 +56,14 @@ class OffsetTracker:
             pending = self._pending.get(pos[0])
             if pending is not None:
                 pending.discard(pos[1])
+
+    def done_many(self, positions: Iterable[tuple[Partition, int]]) -> None:
+        """``done`` for a batch's ``(partition, offset)`` pairs, under one lock."""
+        with self._lock:
+            for key, offset in positions:
+                pending = self._pending.get(key)
+                if pending is not None:
+                    pending.discard(offset)
 
     def committable(self) -> dict[Partition, int]:
         """Per partition, the next offset to consume: everything below it was handled."""

@@ -1,5 +1,6 @@
-"""The lists (batches) that flow between our DoFns: their coder, and ``BatchBuffer``, which
-cuts a stream of prepared events into API batches by count and body size.
+"""The lists (batches) that flow between our DoFns: their coder; ``BatchBuffer``, which
+cuts a stream of prepared events into API batches by count and body size; and ``Packed``,
+the form an API batch waits in for Flexprice's answer.
 
 Beam samples element sizes for its PCollection metrics, and estimates a sampled element's
 size by encoding it.  A batch of 500 records has no schema, so that meant pickling the whole
@@ -12,14 +13,17 @@ from __future__ import annotations
 
 import pickle
 import time
-from typing import TYPE_CHECKING, Any
+from array import array
+from collections.abc import Iterator, Sequence
+from itertools import accumulate, pairwise
+from typing import Any
 
 import apache_beam as beam
+import orjson
 
 from flexprice_beam.core.config import MAX_BODY_BYTES
-
-if TYPE_CHECKING:  # validate.py imports this module
-    from flexprice_beam.transforms.validate import Prepared
+from flexprice_beam.core.events import Prepared, Record
+from flexprice_beam.core.offsets import Partition, kafka_position
 
 #: the bulk body around the events: {"events":[...]}
 _ENVELOPE = len(b'{"events":[]}')
@@ -116,3 +120,117 @@ class BatchBuffer:
         """All of ``items`` as batches, the last one possibly short."""
         batches = self.extend(items)
         return batches + [self.take()] if self.items else batches
+
+
+class _Pack:
+    """What the views of one packed batch share."""
+
+    __slots__ = ("joined", "lens", "starts", "blob", "items", "keys", "parts", "offsets")
+
+    def __init__(self, items: list[Prepared], keep: bool):
+        bodies = [p.body for p in items]
+        self.joined = b",".join(bodies)
+        self.lens = array("I", map(len, bodies))
+        self.starts: array | None = None  # each body's offset in ``joined``, once needed
+        self.items: list[Prepared] | None = items if keep else None
+        self.blob = None
+        if not keep:
+            try:  # ~0.1 µs per event; what JSON cannot hold keeps the objects instead
+                self.blob = orjson.dumps([(r.record_id, r.read_time, r.value, r.origin)
+                                          for r in [p.record for p in items]])
+            except TypeError:
+                self.items = items
+        self.keys: list[Partition] = []
+        self.parts = self.offsets = None
+        if items and kafka_position(items[0].record.origin) is not None:
+            index: dict[Partition, int] = {}
+            origins = [p.record.origin for p in items]
+            self.parts = array("H", [index.setdefault((o["topic"], o["partition"]), len(index))
+                                     for o in origins])
+            self.offsets = array("q", [o["offset"] for o in origins])
+            self.keys = list(index)
+
+    def rebuilt(self) -> list[Prepared]:
+        """The items again: the kept ones, or equal ones from the blob and the bodies."""
+        if self.items is None:
+            self.items = [Prepared(Record(rid, at, value, origin), orjson.loads(body), body)
+                          for (rid, at, value, origin), body in
+                          zip(orjson.loads(self.blob), _cut(self.joined, self.bounds()),
+                              strict=True)]
+        return self.items
+
+    def bounds(self) -> array:
+        if self.starts is None:
+            self.starts = array("Q", accumulate((n + 1 for n in self.lens), initial=0))
+        return self.starts
+
+
+def _cut(joined: bytes, starts: array) -> Iterator[bytes]:
+    for a, b in pairwise(starts):
+        yield joined[a:b - 1]
+
+
+class Packed(Sequence):
+    """An API batch as it waits for Flexprice's answer (or a part of one, after a split):
+    its event bodies joined once, which every request for it sends byte for byte; its
+    records as one JSON blob; Kafka positions as two arrays.
+
+    Why: holding the ``Prepared`` objects of every batch in flight until its answer cost the
+    pipeline 7-17 % of its CPU (thousands of small objects each, freed long after they left
+    the cache); the same batches packed cost ~2 % (docs/benchmarks.md, "A batch in flight").
+    Items are rebuilt only when asked for (a failure, DEBUG logs), each event from its body:
+    the event as sent, which is what its dead letter says and what a replay resends.  ``keep``
+    keeps the originals themselves (replay matches its items by identity)."""
+
+    __slots__ = ("_p", "_lo", "_hi")
+
+    def __init__(self, items: list[Prepared], keep: bool = False):
+        self._p, self._lo, self._hi = _Pack(items, keep), 0, len(items)
+
+    def __len__(self) -> int:
+        return self._hi - self._lo
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            lo, hi, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("a packed batch is cut into ranges only")
+            part = object.__new__(Packed)
+            part._p, part._lo, part._hi = self._p, self._lo + lo, self._lo + max(lo, hi)
+            return part
+        return self._p.rebuilt()[self._lo:self._hi][i]
+
+    def __iter__(self) -> Iterator[Prepared]:
+        return iter(self._p.rebuilt()[self._lo:self._hi])
+
+    def joined(self) -> bytes:
+        """The bodies of these events joined by commas: a bulk request's ``[…]``."""
+        p = self._p
+        if self._lo == 0 and self._hi == len(p.lens):
+            return p.joined
+        starts = p.bounds()
+        return p.joined[starts[self._lo]:starts[self._hi] - 1]
+
+    def sent(self, i: int) -> dict[str, Any]:
+        """Event ``i`` as its body says (for a log line; cheaper than rebuilding all)."""
+        if self._p.items is not None:
+            return self._p.items[self._lo + i].event
+        starts = self._p.bounds()
+        j = self._lo + i
+        return orjson.loads(self._p.joined[starts[j]:starts[j + 1] - 1])
+
+    def positions(self) -> Iterator[tuple[Partition, int]]:
+        """``(partition, offset)`` of each event read from Kafka; none for other sources."""
+        p = self._p
+        if p.offsets is not None:
+            keys = p.keys
+            for k, off in zip(p.parts[self._lo:self._hi], p.offsets[self._lo:self._hi],
+                              strict=True):
+                yield keys[k], off
+
+
+def positions(items: Sequence[Prepared]) -> Iterator[tuple[Partition, int]]:
+    """``(partition, offset)`` of each event read from Kafka, packed or not."""
+    if isinstance(items, Packed):
+        return items.positions()
+    return (pos for pos in (kafka_position(i.record.origin) for i in items) if pos)

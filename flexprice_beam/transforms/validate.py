@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import math
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -23,6 +22,7 @@ from flexprice_beam.core.events import (
     GO_SPACE,
     TRIMMED,
     FlexpriceEvent,
+    Prepared,
     Record,
     dead_letter,
     parse_timestamp,
@@ -33,15 +33,6 @@ from flexprice_beam.transforms.mapping import DEAD_LETTER
 # still fits one request; ``pipeline.max_event_bytes`` (default 1 MiB) is usually lower.
 __all__ = ["MAX_EVENT_BYTES", "InvalidEvent", "Prepared", "ValidateEvents", "prepare",
            "prepare_with_model"]
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A valid event ready to send: its record (for dead letters/offsets) and its bytes."""
-
-    record: Record
-    event: dict[str, Any]
-    body: bytes
 
 
 class InvalidEvent(ValueError):

@@ -23,7 +23,8 @@ from flexprice_beam.core.logs import Sampler, log_events
 from flexprice_beam.core.shutdown import STOP
 from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit, FixedLimit, Throttle
 from flexprice_beam.io.flexprice.policy import Action, FlexpriceAuthError, Kind, RetryPolicy, decide
-from flexprice_beam.io.flexprice.transport import BULK_PATH, SINGLE_PATH, Transport, bulk_body
+from flexprice_beam.io.flexprice.transport import BULK_PATH, SINGLE_PATH, Transport, bulk_of
+from flexprice_beam.transforms.batches import Packed
 from flexprice_beam.transforms.validate import Prepared
 
 log = logging.getLogger("flexprice_beam.sink")
@@ -46,10 +47,10 @@ class Delivery:
 @dataclass
 class Outcome:
     """One submitted batch's results and costs, for metrics on the caller's thread. Accepted
-    events stay the caller's lists (an object per event costs more than the HTTP request at
-    200k events/s); only failures get a ``Delivery`` each."""
+    events stay packed (an object per event costs more than the HTTP request at 200k
+    events/s); only failures get a ``Delivery`` each."""
 
-    accepted: list[list[Prepared]] = field(default_factory=list)
+    accepted: list[Packed] = field(default_factory=list)
     failed: list[Delivery] = field(default_factory=list)
     requests: int = 0
     retries: dict[str, int] = field(default_factory=dict)
@@ -70,7 +71,7 @@ class Outcome:
 class _Job:
     """A part of a submitted batch on its way: the whole, a half, or one event (single)."""
 
-    items: list[Prepared]
+    items: Packed
     outcome: Outcome
     path: str
     started: float = 0.0  # first attempt of this part, for the retry time budget
@@ -103,17 +104,19 @@ class Executor:
         """Requests queued: for a permit, the process's Retry-After, or a retry's time."""
         return len(self._fresh) + len(self._later)
 
-    def submit(self, items: list[Prepared]) -> None:
-        """Queue one batch; ``poll`` sends it and returns its ``Outcome`` when done."""
+    def submit(self, items: list[Prepared] | Packed) -> None:
+        """Queue one batch; ``poll`` sends it and returns its ``Outcome`` when done.  A list
+        is packed: the caller's objects can go (``Packed`` says why)."""
         if not items:
             return
         log_events(log, _SENDING, items, "📤 Sending event: %s for customer: %s",
                    lambda i: (i.event["event_name"], i.event["external_customer_id"]))
+        packed = items if isinstance(items, Packed) else Packed(items)
         outcome = Outcome()
         with self._lock:
             self.pending += 1
-            jobs = [_Job([i], outcome, SINGLE_PATH) for i in items] if self.single \
-                else [_Job(items, outcome, BULK_PATH)]
+            jobs = [_Job(packed[i:i + 1], outcome, SINGLE_PATH) for i in range(len(packed))] \
+                if self.single else [_Job(packed, outcome, BULK_PATH)]
             outcome.open = len(jobs)
             self._fresh.extend(jobs)
 
@@ -179,8 +182,7 @@ class Executor:
         if job.attempt == 0:
             job.started = now
         job.attempt += 1
-        body = job.items[0].body if job.path is SINGLE_PATH else bulk_body(
-            [i.body for i in job.items])
+        body = job.items.joined() if job.path is SINGLE_PATH else bulk_of(job.items.joined())
         self.in_flight += 1
         self.transport.send(job.path, body, job)
         return True
@@ -202,8 +204,9 @@ class Executor:
                    grace=STOP.deadline - now if stopping and STOP.deadline is not None else None)
         if d.action is Action.ACCEPT:
             out.accepted.append(job.items)
-            log_events(log, _ACCEPTED, job.items, "✅ Event accepted successfully, ID: %s",
-                       lambda i: (i.event["event_id"],))
+            log_events(log, _ACCEPTED, range(len(job.items)),
+                       "✅ Event accepted successfully, ID: %s",
+                       lambda i: (job.items.sent(i).get("event_id"),))
         elif d.action is Action.RETRY:
             out.retries[d.cause] = out.retries.get(d.cause, 0) + 1
             out.throttled += d.delay
@@ -240,7 +243,7 @@ class Executor:
 def deliver(executor: Executor, batches: list[list[Prepared]]) -> list[Outcome]:
     """Send ``batches``; return once each is accepted or dead-lettered (replays)."""
     for batch in batches:
-        executor.submit(batch)
+        executor.submit(Packed(batch, keep=True))
     return list(executor.drain())
 
 

@@ -24,12 +24,12 @@ from flexprice_beam.core import live
 from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.events import dead_letter
 from flexprice_beam.core.offsets import TRACKER as OFFSETS
-from flexprice_beam.core.offsets import Partition, kafka_position
+from flexprice_beam.core.offsets import Partition
 from flexprice_beam.io.flexprice.concurrency import process_limit, process_throttle
 from flexprice_beam.io.flexprice.executor import Delivery, Executor, Outcome
 from flexprice_beam.io.flexprice.policy import FlexpriceAuthError, RetryPolicy
 from flexprice_beam.io.flexprice.transport import HttpTransport, Transport
-from flexprice_beam.transforms.batches import BatchBuffer
+from flexprice_beam.transforms.batches import BatchBuffer, positions
 from flexprice_beam.transforms.mapping import DEAD_LETTER
 from flexprice_beam.transforms.validate import Prepared
 
@@ -59,10 +59,7 @@ class Delivered:
     def of(cls, outcome: Outcome) -> Delivered:
         best: dict[Partition, int] = {}
         for part in outcome.accepted:
-            if not part or kafka_position(part[0].record.origin) is None:
-                continue  # one source per pipeline: not Kafka, no per-event look
-            for item in part:
-                key, offset = kafka_position(item.record.origin)
+            for key, offset in positions(part):  # none unless read from Kafka
                 if offset > best.get(key, -1):
                     best[key] = offset
         return cls(outcome.accepted_count, best)
@@ -196,12 +193,12 @@ class _FlexpriceSinkFn(beam.DoFn):
                 self._retry_causes[cause] = live.counter(f"retries_{cause}")
             self._retry_causes[cause].inc(n)
         self._accepted.inc(outcome.accepted_count)
-        for part in outcome.accepted:  # one per batch, for ``run --read-back``
-            if part and live.LIVE.sampling:
-                live.LIVE.sample_accepted(part[0].event["event_id"], part[0].event["timestamp"])
-        if OFFSETS.enabled:  # dead letters: once written (dead_letter.py)
-            for item in outcome.accepted_items():
-                OFFSETS.done(item.record.origin)
+        for part in outcome.accepted:
+            if part and live.LIVE.sampling:  # one per batch, for ``run --read-back``
+                first = part.sent(0)
+                live.LIVE.sample_accepted(first["event_id"], first["timestamp"])
+            if OFFSETS.enabled:  # dead letters: once written (dead_letter.py)
+                OFFSETS.done_many(part.positions())
         for d in outcome.failed:
             self._dead.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, delivery_dead_letter(d))

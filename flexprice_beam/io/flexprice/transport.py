@@ -73,7 +73,12 @@ class Transport(Protocol):
 
 def bulk_body(bodies: list[bytes]) -> bytes:
     """``{"events":[…]}`` from events serialised once upstream, byte-identical on resends."""
-    return b'{"events":[' + b",".join(bodies) + b"]}"
+    return bulk_of(b",".join(bodies))
+
+
+def bulk_of(joined: bytes) -> bytes:
+    """``{"events":[…]}`` around event bodies already joined by commas."""
+    return b'{"events":[' + joined + b"]}"
 
 
 class HttpTransport:
