@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from flexprice_beam.core.logs import Sampler, log_events
@@ -247,7 +248,7 @@ def deliver(executor: Executor, batches: list[list[Prepared]]) -> list[Outcome]:
     return list(executor.drain())
 
 
-def _log_failure(level: int, items: list[Prepared], why: str) -> None:
+def _log_failure(level: int, items: Sequence[Prepared], why: str) -> None:
     if len(items) <= _LOG_EACH_FAILURE:
         for i in items:
             log.log(level, "Failed to send event %s (%s for customer %s): %s",
