@@ -50,12 +50,8 @@ class OffsetTracker:
 
     def done(self, origin: dict[str, Any] | None) -> None:
         pos = kafka_position(origin) if self.enabled else None
-        if pos is None:
-            return
-        with self._lock:
-            pending = self._pending.get(pos[0])
-            if pending is not None:
-                pending.discard(pos[1])
+        if pos is not None:
+            self.done_many([pos])
 
     def done_many(self, positions: Iterable[tuple[Partition, int]]) -> None:
         """``done`` for a batch's ``(partition, offset)`` pairs, under one lock."""

@@ -15,7 +15,7 @@ import pickle
 import time
 from array import array
 from collections.abc import Iterator, Sequence
-from itertools import accumulate, pairwise
+from itertools import accumulate
 from typing import Any
 
 import apache_beam as beam
@@ -131,7 +131,7 @@ class _Pack:
         bodies = [p.body for p in items]
         self.joined = b",".join(bodies)
         self.lens = array("I", map(len, bodies))
-        self.starts: array | None = None  # each body's offset in ``joined``, once needed
+        self.starts: array | None = None
         self.items: list[Prepared] | None = items if keep else None
         self.blob = None
         if not keep:
@@ -144,30 +144,27 @@ class _Pack:
         self.parts = self.offsets = None
         if items and kafka_position(items[0].record.origin) is not None:
             index: dict[Partition, int] = {}
-            origins = [p.record.origin for p in items]
-            self.parts = array("H", [index.setdefault((o["topic"], o["partition"]), len(index))
-                                     for o in origins])
-            self.offsets = array("q", [o["offset"] for o in origins])
+            pos = [kafka_position(p.record.origin) for p in items]
+            self.parts = array("H", [index.setdefault(key, len(index)) for key, _ in pos])
+            self.offsets = array("q", [offset for _, offset in pos])
             self.keys = list(index)
 
     def rebuilt(self) -> list[Prepared]:
         """The items again: the kept ones, or equal ones from the blob and the bodies."""
         if self.items is None:
+            bodies = [self.span(i, i + 1) for i in range(len(self.lens))]
             self.items = [Prepared(Record(rid, at, value, origin), orjson.loads(body), body)
                           for (rid, at, value, origin), body in
-                          zip(orjson.loads(self.blob), _cut(self.joined, self.bounds()),
-                              strict=True)]
+                          zip(orjson.loads(self.blob), bodies, strict=True)]
         return self.items
 
-    def bounds(self) -> array:
-        if self.starts is None:
+    def span(self, lo: int, hi: int) -> bytes:
+        """The bodies of events ``lo``..``hi-1``, joined by commas: slices of ``joined``."""
+        if lo == 0 and hi == len(self.lens):
+            return self.joined
+        if self.starts is None:  # each body's offset in ``joined``, once a part is asked for
             self.starts = array("Q", accumulate((n + 1 for n in self.lens), initial=0))
-        return self.starts
-
-
-def _cut(joined: bytes, starts: array) -> Iterator[bytes]:
-    for a, b in pairwise(starts):
-        yield joined[a:b - 1]
+        return self.joined[self.starts[lo]:self.starts[hi] - 1]
 
 
 class Packed(Sequence):
@@ -198,26 +195,21 @@ class Packed(Sequence):
             part = object.__new__(Packed)
             part._p, part._lo, part._hi = self._p, self._lo + lo, self._lo + max(lo, hi)
             return part
-        return self._p.rebuilt()[self._lo:self._hi][i]
+        return self._p.rebuilt()[range(self._lo, self._hi)[i]]
 
     def __iter__(self) -> Iterator[Prepared]:
         return iter(self._p.rebuilt()[self._lo:self._hi])
 
     def joined(self) -> bytes:
         """The bodies of these events joined by commas: a bulk request's ``[…]``."""
-        p = self._p
-        if self._lo == 0 and self._hi == len(p.lens):
-            return p.joined
-        starts = p.bounds()
-        return p.joined[starts[self._lo]:starts[self._hi] - 1]
+        return self._p.span(self._lo, self._hi)
 
     def sent(self, i: int) -> dict[str, Any]:
         """Event ``i`` as its body says (for a log line; cheaper than rebuilding all)."""
+        j = range(self._lo, self._hi)[i]
         if self._p.items is not None:
-            return self._p.items[self._lo + i].event
-        starts = self._p.bounds()
-        j = self._lo + i
-        return orjson.loads(self._p.joined[starts[j]:starts[j + 1] - 1])
+            return self._p.items[j].event
+        return orjson.loads(self._p.span(j, j + 1))
 
     def positions(self) -> Iterator[tuple[Partition, int]]:
         """``(partition, offset)`` of each event read from Kafka; none for other sources."""
