@@ -58,6 +58,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from random import Random
@@ -693,18 +694,27 @@ class MockFlexprice:
                 reply = self._status_reply(429, retry_after=gate.retry_after_s)
                 return self._finish(h, method, path, reply, 0.0, self._count_events(path, body),
                                     body)
-            status = 0
+            left: list[int] = []
+
+            def leave(status: int) -> None:  # once, before the answer goes out (or on error)
+                if not left:
+                    left.append(status)
+                    gate.leave(started, status)
+
             try:
-                status = self._serve(h, method, path, query, handler, arg, body, oversized,
-                                     outcome, latency)
+                self._serve(h, method, path, query, handler, arg, body, oversized, outcome,
+                            latency, answered=leave)
             finally:
-                gate.leave(started, status)
+                leave(0)
             return
         self._serve(h, method, path, query, handler, arg, body, oversized, outcome, latency)
 
     def _serve(self, h: _Handler, method: str, path: str, query: str, handler: Any, arg: Any,
-               body: bytes, oversized: bool, outcome: str, latency: float) -> int:
-        """Run the route's handler and answer; the status sent (0: none)."""
+               body: bytes, oversized: bool, outcome: str, latency: float,
+               answered: Callable[[int], None] | None = None) -> None:
+        """Run the route's handler and answer.  ``answered(status)`` (0: no answer) runs once
+        the request is recorded, before the client can see the answer: what a client reads
+        after its answer (stats, the capacity log) already counts its request."""
         if oversized and path in _INGEST_PATHS:
             reply, n_events = self._error(400, MSG_BODY_TOO_LARGE), 0
             h.close_connection = True  # net/http closes after MaxBytesReader tripped
@@ -717,19 +727,23 @@ class MockFlexprice:
         if outcome == "ack_lost":  # processed (and stored) -- then the answer is lost
             self._sleep(latency)
             self._record(method, path, 0, n_events, body)
+            if answered is not None:
+                answered(0)
             h._drop()
-            return 0
+            return
         if outcome == "slow":
             latency += self._faults.config.slow_ms / 1000.0
-        self._finish(h, method, path, reply, latency, n_events, body)
+        self._finish(h, method, path, reply, latency, n_events, body, answered)
         if oversized:
             h.linger(self.oversize_linger_s)
-        return reply.status
 
     def _finish(self, h: _Handler, method: str, path: str, reply: _Reply, latency: float,
-                n_events: int, body: bytes) -> None:
+                n_events: int, body: bytes,
+                answered: Callable[[int], None] | None = None) -> None:
         self._sleep(latency)
         self._record(method, path, reply.status, n_events, body)
+        if answered is not None:
+            answered(reply.status)
         h._write(reply.status, reply.body, reply.ctype, reply.headers)
 
     def _record(self, method: str, path: str, status: int, n_events: int, body: bytes) -> None:
