@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.events import Record
-from flexprice_beam.io.flexprice.concurrency import FixedLimit, Throttle
+from flexprice_beam.io.flexprice.concurrency import FixedLimit, Gate, Throttle
 from flexprice_beam.io.flexprice.executor import Executor, deliver
 from flexprice_beam.io.flexprice.policy import Answer, FlexpriceAuthError, RetryPolicy
 from flexprice_beam.io.flexprice.sink import WriteToFlexprice
@@ -123,6 +123,44 @@ def test_retry_after_holds_back_every_executor_of_the_process():
     assert a.sent[1][0] - a.sent[0][0] >= 0.29
     assert out_a.accepted_count == 2 and out_a.retries == {"429": 1} and out_a.throttled == 0.3
     assert out_b.accepted_count == 2 and out_b.retries == {}
+
+
+def test_after_a_retry_after_one_probe_goes_first_and_the_rest_follow_its_answer():
+    storm_until = time.monotonic() + 0.3
+    answers = []
+
+    def respond(path, body):
+        limited = time.monotonic() < storm_until
+        answers.append(limited)
+        return Answer(429, "slow down", retry_after=0.05) if limited else Answer(202, "")
+
+    fake = FakeTransport(respond)
+    engine = _engine(fake, limit=8, max_attempts=100)
+    for k in range(8):
+        engine.submit(_items(k * 2, 2))
+    outs = list(engine.drain())
+    assert sum(o.accepted_count for o in outs) == 16 and not any(o.failed for o in outs)
+    first_wave = 8  # all went out before the first 429 was read
+    during = answers[first_wave:].count(True)
+    # one probe per Retry-After of 0.05 s through the rest of the 0.3 s storm, not 8 each
+    assert 1 <= during <= 7, answers
+    assert answers[-8:] == [False] * 8, "once a probe was accepted, the rest went out"
+
+
+def test_a_probe_gate_admits_one_and_opens_on_its_answer():
+    t = Throttle(probe_timeout=0.2)
+    assert t.admit() is Gate.OPEN
+    t.defer(0.05)
+    assert t.admit() is Gate.WAIT and t.remaining() > 0
+    time.sleep(0.06)
+    assert t.admit() is Gate.PROBE
+    assert t.admit() is Gate.WAIT, "the others wait for the probe's answer"
+    t.withdraw()  # it found no permit: another may probe
+    assert t.admit() is Gate.PROBE
+    time.sleep(0.21)
+    assert t.admit() is Gate.PROBE, "an unanswered probe (its sender gone) times out"
+    t.opened()
+    assert t.admit() is Gate.OPEN and t.admit() is Gate.OPEN
 
 
 def test_bisection_isolates_the_bad_events_with_byte_identical_resends():

@@ -40,6 +40,7 @@ window).
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 import time
@@ -174,19 +175,61 @@ class FixedLimit:
 
 class Throttle:
     """A "not before" time set by 429s, shared by every sender of the process
-    (``process_throttle``), so a rate-limited API is not hammered from eight sinks."""
+    (``process_throttle``), so a rate-limited API is not hammered from eight sinks.
 
-    def __init__(self) -> None:
+    When a deferral ends, one request goes first (the probe) and the others wait for its
+    answer: a 429 defers everyone again, anything else opens the gate.  Without the probe,
+    every retry held back went out together when a Retry-After ended, each drawing its own
+    429 while the API was still limiting: ``max_in_flight`` of them per Retry-After (P4's
+    60 s storm drew ~945 429s; docs/benchmarks.md).  A probe not answered within
+    ``probe_timeout`` (its sender was torn down) lets another one go."""
+
+    def __init__(self, probe_timeout: float = 30.0) -> None:
         self._lock = threading.Lock()
         self._not_before = 0.0
+        self._probing = False  # deferred since the last answer that was not a 429
+        self._probe_at: float | None = None  # when the probe went out; None: none out
+        self.probe_timeout = probe_timeout
 
     def defer(self, seconds: float) -> None:
         with self._lock:
             self._not_before = max(self._not_before, time.monotonic() + seconds)
+            self._probing, self._probe_at = True, None
 
     def remaining(self) -> float:
-        """Seconds until sending may resume (0: now)."""
+        """Seconds until sending may resume (0: now, or once the probe is answered)."""
         return max(0.0, self._not_before - time.monotonic())
+
+    def admit(self) -> Gate:
+        """Whether one request may go now: ``OPEN``, ``PROBE`` (it goes first, alone; say
+        how it was answered with ``opened``) or ``WAIT``."""
+        if not self._probing:  # the hot path: no lock
+            return Gate.OPEN if self._not_before <= time.monotonic() else Gate.WAIT
+        with self._lock:
+            now = time.monotonic()
+            if not self._probing:
+                return Gate.OPEN if self._not_before <= now else Gate.WAIT
+            if self._not_before > now or (self._probe_at is not None
+                                          and now - self._probe_at < self.probe_timeout):
+                return Gate.WAIT
+            self._probe_at = now
+            return Gate.PROBE
+
+    def withdraw(self) -> None:
+        """A ``PROBE`` admission that was not sent after all (no permit)."""
+        with self._lock:
+            self._probe_at = None
+
+    def opened(self) -> None:
+        """The probe was answered without a 429: everyone may send again."""
+        with self._lock:
+            self._probing, self._probe_at = False, None
+
+
+class Gate(enum.Enum):
+    OPEN = "open"
+    PROBE = "probe"
+    WAIT = "wait"
 
 
 _SHARED: dict[tuple, object] = {}
@@ -212,4 +255,4 @@ def process_limit(cfg: FlexpriceOutput) -> FixedLimit | AdaptiveLimit:
 
 def process_throttle(cfg: FlexpriceOutput) -> Throttle:
     """One Retry-After deferral per process and endpoint."""
-    return _shared(("throttle", cfg.scheme, cfg.api_host), Throttle)
+    return _shared(("throttle", cfg.scheme, cfg.api_host), lambda: Throttle(cfg.timeout))

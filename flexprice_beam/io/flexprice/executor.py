@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from flexprice_beam.core.logs import Sampler, log_events
 from flexprice_beam.core.shutdown import STOP
-from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit, FixedLimit, Throttle
+from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit, FixedLimit, Gate, Throttle
 from flexprice_beam.io.flexprice.policy import Action, FlexpriceAuthError, Kind, RetryPolicy, decide
 from flexprice_beam.io.flexprice.transport import BULK_PATH, SINGLE_PATH, Transport, bulk_of
 from flexprice_beam.transforms.batches import Packed
@@ -77,6 +77,7 @@ class _Job:
     path: str
     started: float = 0.0  # first attempt of this part, for the retry time budget
     attempt: int = 0
+    probe: bool = False  # this attempt goes first after a Retry-After (``Throttle``)
 
 
 class Executor:
@@ -165,8 +166,6 @@ class Executor:
     def _start(self) -> None:
         if self.stopped.is_set():
             raise FlexpriceAuthError(self.stop_reason)
-        if self.throttle.remaining():
-            return
         now = time.monotonic()
         while self._later and self._later[0][0] <= now:
             if not self._send(self._later[0][2], now):
@@ -178,8 +177,14 @@ class Executor:
             self._fresh.popleft()
 
     def _send(self, job: _Job, now: float) -> bool:
-        if not self.limit.try_acquire():
+        gate = self.throttle.admit()
+        if gate is Gate.WAIT:
             return False
+        if not self.limit.try_acquire():
+            if gate is Gate.PROBE:
+                self.throttle.withdraw()
+            return False
+        job.probe = gate is Gate.PROBE
         if job.attempt == 0:
             job.started = now
         job.attempt += 1
@@ -203,6 +208,8 @@ class Executor:
                    environment_id=self.transport.environment_id,
                    stopping=STOP.signal_name if stopping else None,
                    grace=STOP.deadline - now if stopping and STOP.deadline is not None else None)
+        if job.probe and answer.status != 429:  # the API takes requests again
+            self.throttle.opened()
         if d.action is Action.ACCEPT:
             out.accepted.append(job.items)
             log_events(log, _ACCEPTED, range(len(job.items)),
