@@ -215,9 +215,35 @@ class Bench:
         self.mock = Mock(workdir)
         self.runs: list[dict] = []  # every measurement, for the JSON and the load report
         self._n = 0
+        self._started_services = False
 
     def close(self) -> None:
         self.mock.stop()
+        if self._started_services:
+            for cmd in (["scripts/flink.sh", "stop"], ["scripts/kafka.sh", "stop"]):
+                subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, check=False)
+
+    def services(self) -> bool:
+        """Whether the Kafka broker and the Flink cluster are up; with ``--start-services``
+        they are started on first need (P5, K0-K3) and stopped when the run ends."""
+        if _listening(19092) and _listening(_flink_rest_port()):
+            return True
+        if not self.args.start_services or self._started_services:
+            return False
+        print("\n== starting the Kafka broker and the Flink cluster", flush=True)
+        self._started_services = True
+        with open(self.workdir / "services.log", "w") as log:
+            for cmd in (["scripts/kafka.sh", "install"], ["scripts/kafka.sh", "start"],
+                        ["scripts/kafka.sh", "wait"], ["scripts/flink.sh", "install"],
+                        ["scripts/flink.sh", "start"]):
+                done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                      timeout=1200, check=False)
+                if done.returncode != 0:
+                    print(f"    {' '.join(cmd)} failed (exit {done.returncode}); see "
+                          f"{self.workdir / 'services.log'}", flush=True)
+                    return False
+        return True
 
     # -- one measurement in a fresh child ---------------------------------------------------
 
@@ -645,23 +671,7 @@ def p5(b: Bench) -> dict:
     """Kafka → Flexprice on the local Flink cluster (scripts/flink/kafka_bench.py) at
     parallelism 1 and 2 when the broker and the cluster are up (``scripts/kafka.sh start``,
     ``scripts/flink.sh start``); otherwise the last recorded results, dated."""
-    live = _listening(19092) and _listening(_flink_rest_port())
-    started = False
-    if not live and b.args.start_services:
-        print("\n== P5: starting the Kafka broker and the Flink cluster", flush=True)
-        started = True
-        with open(b.workdir / "services.log", "w") as log:
-            for cmd in (["scripts/kafka.sh", "install"], ["scripts/kafka.sh", "start"],
-                        ["scripts/kafka.sh", "wait"], ["scripts/flink.sh", "install"],
-                        ["scripts/flink.sh", "start"]):
-                done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                      timeout=1200, check=False)
-                if done.returncode != 0:
-                    print(f"    {' '.join(cmd)} failed (exit {done.returncode}); see "
-                          f"{b.workdir / 'services.log'}", flush=True)
-                    break
-            else:
-                live = True
+    live = b.services()
     how = "measuring" if live else "services not running: last recorded results"
     print(f"\n== P5: Kafka → Flexprice on Flink ({how})")
     texts, when = [], []
@@ -676,17 +686,20 @@ def p5(b: Bench) -> dict:
             backlog = "20000" if b.quick else "50000"
             cmd = [PY, "scripts/flink/kafka_bench.py", "--parallelism", str(par), "--backlog", backlog,
                    "--json", str(path)] + (["--rates", "20", "--seconds", "10"] if b.quick else [])
+            path.unlink(missing_ok=True)  # a failed run must not show the last one's figures
             with open(b.workdir / f"p5-{par}.log", "w") as log:
-                subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=1200,
-                               check=False, env=env)
+                done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                      timeout=1200, check=False, env=env)
+            if done.returncode != 0 or not path.exists():
+                texts.append(f"p={par}: FAILED (exit {done.returncode}; "
+                             f"{b.workdir / f'p5-{par}.log'})")
+                print("   ", texts[-1], flush=True)
+                continue
         if path.exists():
             res = json.loads(path.read_text())
             texts.append(_p5_text(res))
             when.append(time.strftime("%Y-%m-%d %H:%M", time.gmtime(path.stat().st_mtime)))
             print("   ", texts[-1])
-    if started:
-        for cmd in (["scripts/flink.sh", "stop"], ["scripts/kafka.sh", "stop"]):
-            subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     value = "; ".join(texts) if texts else "not measured (start scripts/kafka.sh and scripts/flink.sh)"
     note = "measured in this run" if live else f"recorded {', '.join(when)} UTC" if when else ""
     return {"rows": [{"id": "P5", "what": "Kafka → Flexprice on the local Flink cluster "
@@ -951,6 +964,8 @@ def main(argv: list[str] | None = None) -> int:
 
             results["adaptive"] = p6(b)
             results["rows"] += results["adaptive"]["rows"]
+        if wanted & {"K0", "K1", "K2", "K3"}:
+            b.services()  # with --start-services: up for these too (no-op when already up)
         if wanted & {"K0", "K1"}:  # the bounded Kafka read (benchmarks/kafka_bounded.py)
             from benchmarks.kafka_bounded import k_series
 
