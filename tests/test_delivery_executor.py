@@ -147,6 +147,20 @@ def test_after_a_retry_after_one_probe_goes_first_and_the_rest_follow_its_answer
     assert answers[-8:] == [False] * 8, "once a probe was accepted, the rest went out"
 
 
+def test_a_probe_that_is_dead_lettered_lets_the_next_request_probe():
+    fake = FakeTransport(lambda path, body: Answer(429, "slow down", retry_after=0.05)
+                         if b'"e0"' in body else Answer(202, ""))
+    engine = _engine(fake, limit=4, max_attempts=2)
+    engine.submit(_items(0, 1))
+    engine.poll(0.0)  # its first 429: the process pauses 0.05 s
+    engine.submit(_items(1, 1))
+    began = time.monotonic()
+    outs = list(engine.drain())
+    assert [len(o.failed) for o in outs if o.failed] == [1], "e0 gave up on its second 429"
+    assert sum(o.accepted_count for o in outs) == 1
+    assert time.monotonic() - began < 1.0, "e1 did not wait for a probe that would never open"
+
+
 def test_a_probe_gate_admits_one_and_opens_on_its_answer():
     t = Throttle(probe_timeout=0.2)
     assert t.admit() is Gate.OPEN

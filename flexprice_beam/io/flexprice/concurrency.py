@@ -200,6 +200,12 @@ class Throttle:
         """Seconds until sending may resume (0: now, or once the probe is answered)."""
         return max(0.0, self._not_before - time.monotonic())
 
+    def held_for(self) -> float | None:
+        """Seconds until ``admit`` may let a request go: 0 now, None until a probe's answer."""
+        if self._probing and self._probe_at is not None:
+            return None
+        return self.remaining()
+
     def admit(self) -> Gate:
         """Whether one request may go now: ``OPEN``, ``PROBE`` (it goes first, alone; say
         how it was answered with ``opened``) or ``WAIT``."""

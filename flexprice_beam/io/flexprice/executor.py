@@ -132,8 +132,10 @@ class Executor:
             self._start()
             if self.in_flight:
                 wait = timeout if not self._done else 0.0
-                if self._later:
-                    wait = min(wait, max(0.0, self._later[0][0] - time.monotonic()))
+                if self._later:  # wake for a due retry, unless it is held back anyway
+                    held = self.throttle.held_for()
+                    wait = min(wait, max(0.0, self._later[0][0] - time.monotonic(),
+                                         wait if held is None else held))
                 for ex in self.transport.ready(wait):
                     self._answered(ex)
                 self._start()
@@ -142,7 +144,9 @@ class Executor:
                 # permit is held by another sink instance of this process
                 due = self._later[0][0] - time.monotonic() if self._later else timeout
                 held = self.throttle.remaining() or (0.005 if self._fresh else timeout)
-                self.stopped.wait(max(0.0, min(timeout, due, held)))
+                # at least 5 ms: a due retry still waiting is held by what is not ours to
+                # watch (another sender's probe or permits), so do not spin on it
+                self.stopped.wait(min(timeout, max(0.005, min(due, held))))
                 self._start()
             done, self._done = self._done, []
             return done
@@ -208,8 +212,11 @@ class Executor:
                    environment_id=self.transport.environment_id,
                    stopping=STOP.signal_name if stopping else None,
                    grace=STOP.deadline - now if stopping and STOP.deadline is not None else None)
-        if job.probe and answer.status != 429:  # the API takes requests again
-            self.throttle.opened()
+        if job.probe:
+            if answer.status != 429:  # the API takes requests again
+                self.throttle.opened()
+            elif not d.defer_all:  # a 429 that ends in a dead letter: the next one probes
+                self.throttle.withdraw()
         if d.action is Action.ACCEPT:
             out.accepted.append(job.items)
             log_events(log, _ACCEPTED, range(len(job.items)),
