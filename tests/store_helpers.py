@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -17,6 +19,22 @@ def ensure_minio() -> dict[str, str]:
     """Install/start MinIO if needed (idempotent) and return its ``env`` settings."""
     subprocess.run([str(MINIO_SH), "start"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return script_env(MINIO_SH)
+
+
+@contextmanager
+def minio_running() -> Iterator[dict[str, str]]:
+    """``ensure_minio`` for a with-block, stopping the server after it if the block started
+    it: a plain ``pytest`` on a developer's machine leaves no server holding the port that
+    another checkout's ``.ci/run`` needs (``scripts/test.sh`` starts and stops its own)."""
+    up = subprocess.run([str(MINIO_SH), "status"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL).returncode == 0
+    env = ensure_minio()
+    try:
+        yield env
+    finally:
+        if not up:
+            subprocess.run([str(MINIO_SH), "stop"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
 
 
 def s3_args(env: dict[str, str]) -> list[str]:

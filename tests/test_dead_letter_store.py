@@ -17,13 +17,14 @@ from flexprice_beam.cli import main as cli_main
 from flexprice_beam.core.config import DeadLetterOutput
 from flexprice_beam.io.dead_letter import WriteDeadLetters
 from flexprice_beam.launch.runner import run
-from tests.store_helpers import ensure_minio, letters_in, s3_args, s3_objects
+from tests.store_helpers import letters_in, minio_running, s3_args, s3_objects
 from tests.support import config_file, kafka_input, make_config
 
 
 @pytest.fixture(scope="module")
 def minio():
-    return ensure_minio()
+    with minio_running() as env:
+        yield env
 
 
 def _with_dead_letters(cfg, **dead):
