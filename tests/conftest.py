@@ -95,11 +95,21 @@ def mock_api(_mock_server):
 # -- Kafka (tests marked `kafka`): the real local broker and one expansion service per module
 
 
-@pytest.fixture(scope="module")
-def broker():
-    from tests.kafka_helpers import ensure_broker
+@pytest.fixture(scope="session")
+def _broker_session():
+    """The broker for the whole session; stopped at its end if this started it, so a plain
+    ``pytest`` leaves no broker holding the ports another checkout's ``.ci/run`` needs."""
+    from tests.kafka_helpers import broker_up, ensure_broker, stop_broker
 
-    return ensure_broker()
+    was_up = broker_up()
+    yield ensure_broker()
+    if not was_up:
+        stop_broker()
+
+
+@pytest.fixture(scope="module")
+def broker(_broker_session):
+    return _broker_session
 
 
 @pytest.fixture

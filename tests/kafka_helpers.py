@@ -17,6 +17,16 @@ def ensure_broker() -> dict[str, str]:
     return script_env(SCRIPT)
 
 
+def broker_up() -> bool:
+    return subprocess.run([str(SCRIPT), "status"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
+
+
+def stop_broker() -> None:
+    subprocess.run([str(SCRIPT), "stop"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=False)
+
+
 def script_env(script: Path) -> dict[str, str]:
     """The ``export K=V`` lines a service script's ``env`` command prints, as a dict."""
     out = subprocess.run([str(script), "env"], check=True, cwd=ROOT, capture_output=True,
