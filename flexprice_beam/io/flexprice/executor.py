@@ -112,7 +112,7 @@ class Executor:
         if not items:
             return
         log_events(log, _SENDING, items, "📤 Sending event: %s for customer: %s",
-                   lambda i: (i.event["event_name"], i.event["external_customer_id"]))
+                   lambda i: (i.event.get("event_name"), i.event.get("external_customer_id")))
         packed = items if isinstance(items, Packed) else Packed(items)
         outcome = Outcome()
         with self._lock:
