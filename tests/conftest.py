@@ -99,12 +99,10 @@ def mock_api(_mock_server):
 def _broker_session():
     """The broker for the whole session; stopped at its end if this started it, so a plain
     ``pytest`` leaves no broker holding the ports another checkout's ``.ci/run`` needs."""
-    from tests.kafka_helpers import broker_up, ensure_broker, stop_broker
+    from tests.kafka_helpers import BROKER_STEPS, SCRIPT, service_running
 
-    was_up = broker_up()
-    yield ensure_broker()
-    if not was_up:
-        stop_broker()
+    with service_running(SCRIPT, BROKER_STEPS) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")

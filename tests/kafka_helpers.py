@@ -4,27 +4,44 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "kafka.sh"
 
 
+#: what makes the broker ready: idempotent, each a no-op once done
+BROKER_STEPS = ("install", "start", "wait")
+
+
+def start_service(script: Path, steps: tuple[str, ...]) -> dict[str, str]:
+    """Run a service script's ``steps`` (idempotent) and return its ``env`` settings."""
+    for step in steps:
+        subprocess.run([str(script), step], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return script_env(script)
+
+
+@contextmanager
+def service_running(script: Path, steps: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    """``start_service`` for a with-block, stopping the service after it if the block started
+    it: a plain ``pytest`` on a developer's machine leaves no server holding the ports that
+    another checkout's ``.ci/run`` needs (``scripts/test.sh`` starts and stops its own)."""
+    up = subprocess.run([str(script), "status"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL).returncode == 0
+    env = start_service(script, steps)
+    try:
+        yield env
+    finally:
+        if not up:
+            subprocess.run([str(script), "stop"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+
+
 def ensure_broker() -> dict[str, str]:
     """Install/start the broker if needed (idempotent) and return its ``env`` settings."""
-    for step in ("install", "start", "wait"):
-        subprocess.run([str(SCRIPT), step], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return script_env(SCRIPT)
-
-
-def broker_up() -> bool:
-    return subprocess.run([str(SCRIPT), "status"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL).returncode == 0
-
-
-def stop_broker() -> None:
-    subprocess.run([str(SCRIPT), "stop"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, check=False)
+    return start_service(SCRIPT, BROKER_STEPS)
 
 
 def script_env(script: Path) -> dict[str, str]:

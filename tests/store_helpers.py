@@ -2,39 +2,29 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import orjson
 
-from tests.kafka_helpers import script_env
+from tests.kafka_helpers import service_running, start_service
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIO_SH = ROOT / "scripts" / "minio.sh"
 
 
+#: MinIO's start installs it if needed and waits until it answers
+MINIO_STEPS = ("start",)
+
+
 def ensure_minio() -> dict[str, str]:
     """Install/start MinIO if needed (idempotent) and return its ``env`` settings."""
-    subprocess.run([str(MINIO_SH), "start"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return script_env(MINIO_SH)
+    return start_service(MINIO_SH, MINIO_STEPS)
 
 
-@contextmanager
-def minio_running() -> Iterator[dict[str, str]]:
-    """``ensure_minio`` for a with-block, stopping the server after it if the block started
-    it: a plain ``pytest`` on a developer's machine leaves no server holding the port that
-    another checkout's ``.ci/run`` needs (``scripts/test.sh`` starts and stops its own)."""
-    up = subprocess.run([str(MINIO_SH), "status"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL).returncode == 0
-    env = ensure_minio()
-    try:
-        yield env
-    finally:
-        if not up:
-            subprocess.run([str(MINIO_SH), "stop"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
+def minio_running() -> AbstractContextManager[dict[str, str]]:
+    """MinIO for a with-block, stopped after it if the block started it (``service_running``)."""
+    return service_running(MINIO_SH, MINIO_STEPS)
 
 
 def s3_args(env: dict[str, str]) -> list[str]:
