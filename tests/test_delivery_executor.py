@@ -296,6 +296,39 @@ def test_the_aged_flush_sends_while_the_bundle_thread_is_away():
     assert fakes[0].closed
 
 
+def test_while_a_retry_after_holds_the_process_the_sink_holds_two_batches_not_its_queue():
+    """A 429 storm: the bundle waits once the probe's batch and one more are held, instead
+    of packing ``2 × max_in_flight`` batches the API will not take yet (P4's RSS)."""
+    from flexprice_beam.io.flexprice.sink import _FlexpriceSinkFn
+
+    storm_until = time.monotonic() + 0.8
+
+    def respond(path, body):
+        if time.monotonic() < storm_until:
+            return Answer(429, "slow down", retry_after=0.2)
+        return Answer(202, "")
+
+    cfg = FlexpriceOutput(api_host="127.0.0.2:1", api_key="k", scheme="http",
+                          max_in_flight=4, batching={"count": 2, "period": "10s"},
+                          retry={"initial_backoff": "10ms", "max_backoff": "50ms"})
+    fn = _FlexpriceSinkFn(cfg, transport=lambda c: FakeTransport(respond))
+    fn.setup()
+    held_in_storm, held_after, accepted = [], [], 0
+    try:
+        fn.start_bundle()
+        for k in range(0, 80, 2):
+            for out in fn.process(_items(k, 2)):
+                accepted += getattr(out, "count", 0)
+            (held_in_storm if time.monotonic() < storm_until else held_after).append(
+                fn._engine.pending)
+        accepted += sum(o.value.count for o in fn.finish_bundle()
+                        if not isinstance(o, beam.pvalue.TaggedOutput))
+    finally:
+        fn.teardown()
+    assert held_in_storm and max(held_in_storm) <= 2, held_in_storm
+    assert accepted == 80
+
+
 def test_close_gives_the_permits_of_abandoned_requests_back():
     fake = FakeTransport(lambda path, body: (Answer(202, ""), 5.0))
     limit = FixedLimit(2)

@@ -200,6 +200,11 @@ class Throttle:
         """Seconds until sending may resume (0: now, or once the probe is answered)."""
         return max(0.0, self._not_before - time.monotonic())
 
+    @property
+    def limiting(self) -> bool:
+        """A Retry-After holds the senders, or its probe has not been answered yet."""
+        return self._probing
+
     def held_for(self) -> float | None:
         """Seconds until ``admit`` may let a request go: 0 now, None until a probe's answer."""
         if self._probing and self._probe_at is not None:

@@ -34,6 +34,8 @@ from flexprice_beam.transforms.mapping import DEAD_LETTER
 from flexprice_beam.transforms.validate import Prepared
 
 log = logging.getLogger("flexprice_beam.sink")
+_PENDING_WHILE_THROTTLED = 2  # the probe's batch and the next one
+
 
 def delivery_dead_letter(d: Delivery) -> dict:
     return dead_letter("delivery", d.reason or "rejected", record=d.item.record,
@@ -128,7 +130,13 @@ class _FlexpriceSinkFn(beam.DoFn):
                 full.append(self._buffer.take())
         for batch in full:
             self._engine.submit(batch)
-        yield from self._collect(block=self._engine.pending >= self._max_pending)
+        yield from self._collect(block=self._engine.pending >= self._pending_cap())
+
+    def _pending_cap(self) -> int:
+        """Batches this sink holds before its bundle waits.  While a Retry-After holds the
+        process, only what the probe needs: the API takes nothing, so more would only be
+        memory (P4's storm: 32 packed batches, ~7 MiB) and the source can wait instead."""
+        return _PENDING_WHILE_THROTTLED if self._engine.throttle.limiting else self._max_pending
 
     def finish_bundle(self):
         with self._lock:
