@@ -356,8 +356,11 @@ def core(b: Bench, wanted: set[str]) -> dict:
         ok = ratio >= target and all(x.get("ok") for x in runs[num] + runs[den])
         if unit == "info":
             ok = None
+        # each repeat's own ratio (its runs ran one after the other): how far the host moved
+        pairs = [n["rate"] / d["rate"] for n, d in zip(runs[num], runs[den], strict=False)
+                 if len(runs[num]) == len(runs[den]) > 1]
         rows.append({"id": pid, "what": what, "ratio": ratio, "target": target, "unit": unit,
-                     "pass": ok, "num": num, "den": den})
+                     "pass": ok, "num": num, "den": den, "repeats": pairs})
 
     if "P0" in wanted:
         row("P0", "pipeline → stand-in @ 0 ms / plain-Python loop", "flex@0", "plain", 0.60)
@@ -792,7 +795,10 @@ def profile(b: Bench) -> dict:
 
 def _fmt_ratio(r: dict) -> str:
     if "ratio" in r:
-        return f"{r['ratio']:.0f}×" if r["unit"] == "×" else f"{r['ratio']:.2f}"
+        if r["unit"] == "×":
+            return f"{r['ratio']:.0f}×"
+        each = ", ".join(f"{x:.2f}" for x in r.get("repeats") or ())
+        return f"{r['ratio']:.2f}" + (f" (repeat by repeat: {each})" if each else "")
     v = r["value"]
     return f"{v:+.0f} MiB" if isinstance(v, float) else str(v)
 
