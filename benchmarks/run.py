@@ -357,8 +357,9 @@ def core(b: Bench, wanted: set[str]) -> dict:
         if unit == "info":
             ok = None
         # each repeat's own ratio (its runs ran one after the other): how far the host moved
-        pairs = [n["rate"] / d["rate"] for n, d in zip(runs[num], runs[den], strict=False)
-                 if len(runs[num]) == len(runs[den]) > 1]
+        paired = len(runs[num]) == len(runs[den]) > 1
+        pairs = [n["rate"] / d["rate"] for n, d in zip(runs[num], runs[den], strict=True)] \
+            if paired else []
         rows.append({"id": pid, "what": what, "ratio": ratio, "target": target, "unit": unit,
                      "pass": ok, "num": num, "den": den, "repeats": pairs})
 
@@ -871,7 +872,7 @@ def render(results: dict) -> str:
                       f"{json.dumps(s['retry'])}.",
                   f"- unbounded: RSS {u['rss_at_storm_start_mib']:.0f} MiB at storm start → peak "
                   f"{u['peak_rss_mib']:.0f} MiB ({u['growth_mib']:+.0f} MiB; during the storm "
-                  f"itself {u.get('growth_during_storm_mib', float('nan')):+.1f} MiB); "
+                  f"itself {u['growth_during_storm_mib']:+.1f} MiB); "
                   f"{u['http_429']} × 429; "
                   f"{u['stored_during_storm']} events stored during the storm; "
                   f"{u['recovery_rate']:,.0f} ev/s after it; stopped with {u['stopped_with']}",
