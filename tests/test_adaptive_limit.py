@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit
+from flexprice_beam.io.flexprice.policy import AdaptiveLimit
 
 
 class SimulatedAPI:

@@ -13,9 +13,15 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.events import Record
-from flexprice_beam.io.flexprice.concurrency import FixedLimit, Gate, Throttle
 from flexprice_beam.io.flexprice.executor import Executor, deliver
-from flexprice_beam.io.flexprice.policy import Answer, FlexpriceAuthError, RetryPolicy
+from flexprice_beam.io.flexprice.policy import (
+    Answer,
+    FixedLimit,
+    FlexpriceAuthError,
+    Gate,
+    RetryPolicy,
+    Throttle,
+)
 from flexprice_beam.io.flexprice.sink import WriteToFlexprice
 from flexprice_beam.io.flexprice.transport import BULK_PATH, SINGLE_PATH, Exchange, bulk_body
 from flexprice_beam.transforms.validate import Prepared

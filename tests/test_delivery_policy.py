@@ -8,19 +8,17 @@ import time
 import pytest
 
 from flexprice_beam.core.config import FlexpriceOutput
-from flexprice_beam.io.flexprice.concurrency import (
-    FixedLimit,
-    Throttle,
-    process_limit,
-    process_throttle,
-)
 from flexprice_beam.io.flexprice.policy import (
     Action,
     Answer,
+    FixedLimit,
     Kind,
     RetryPolicy,
+    Throttle,
     decide,
     parse_retry_after,
+    process_limit,
+    process_throttle,
 )
 
 URL = "https://api.example.com"

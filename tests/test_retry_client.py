@@ -8,8 +8,7 @@ from pydantic import ValidationError
 
 from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.io.api import InsecureTransportError
-from flexprice_beam.io.flexprice.concurrency import Throttle
-from flexprice_beam.io.flexprice.policy import Answer, Kind, RetryPolicy, parse_retry_after
+from flexprice_beam.io.flexprice.policy import Answer, Kind, RetryPolicy, Throttle, parse_retry_after
 from flexprice_beam.io.flexprice.transport import HttpTransport
 
 

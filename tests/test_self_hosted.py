@@ -17,9 +17,8 @@ from flexprice_beam.cli import main as cli_main
 from flexprice_beam.core.config import ConfigError, FlexpriceOutput, load_config_text
 from flexprice_beam.core.events import Record
 from flexprice_beam.io.api import ApiClient
-from flexprice_beam.io.flexprice.concurrency import FixedLimit, Throttle
 from flexprice_beam.io.flexprice.executor import Executor, deliver
-from flexprice_beam.io.flexprice.policy import Kind, RetryPolicy
+from flexprice_beam.io.flexprice.policy import FixedLimit, Kind, RetryPolicy, Throttle
 from flexprice_beam.io.flexprice.transport import HttpTransport, bulk_body
 from flexprice_beam.io.readback import read_back
 from flexprice_beam.launch.runner import run

@@ -12,13 +12,12 @@ from hypothesis import strategies as st
 
 from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.events import Record
-from flexprice_beam.io.flexprice.concurrency import FixedLimit, Throttle
 from flexprice_beam.io.flexprice.executor import Executor
 from flexprice_beam.io.flexprice.executor import Outcome as BatchOutcome
-from flexprice_beam.io.flexprice.policy import Kind, RetryPolicy
+from flexprice_beam.io.flexprice.policy import FixedLimit, Kind, RetryPolicy, Throttle
 from flexprice_beam.io.flexprice.sink import Delivered
 from flexprice_beam.io.flexprice.transport import BULK_PATH, HttpTransport, bulk_body
-from flexprice_beam.io.flexprice.transport import proxy_for as _proxy_for
+from flexprice_beam.io.http1 import proxy_for as _proxy_for
 from flexprice_beam.transforms.batches import BatchBuffer as _BatchBuffer
 from flexprice_beam.transforms.validate import Prepared
 from tests.support import API_KEY

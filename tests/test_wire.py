@@ -1,4 +1,4 @@
-"""The sink's HTTP framing (io/flexprice/transport.py): the request bytes are the ones http.client
+"""The sink's HTTP framing (io/http1.py): the request bytes are the ones http.client
 sends, and answers are read as http.client reads them, however the server frames them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from flexprice_beam.io.flexprice.transport import framed, host_header, read_reply, request_head
+from flexprice_beam.io.http1 import framed, read_reply, request_head
 
 HEADERS = {"x-api-key": "k", "Content-Type": "application/json", "Accept": "application/json",
            "User-Agent": "flexprice-beam", "X-Environment-ID": "env 100%"}
@@ -34,7 +34,7 @@ def _sent_by_http_client(host: str, port: int, headers: dict, body: bytes,
                                                ("::1", 8080, 80)])
 def test_the_request_is_byte_for_byte_what_http_client_sends(host, port, default):
     body = b'{"events":[{"event_id":"e1"}]}'
-    head = request_head("POST", "/v1/events/bulk", host_header(host, port, default), HEADERS)
+    head = request_head("POST", "/v1/events/bulk", host, port, HEADERS, default)
     theirs = _sent_by_http_client(host, port if port != default else None, HEADERS, body)
     assert framed(head, body) == theirs
 
@@ -42,12 +42,12 @@ def test_the_request_is_byte_for_byte_what_http_client_sends(host, port, default
 def test_a_header_http_client_refuses_is_refused_the_same_way():
     bad = {**HEADERS, "X-Gateway-Token": "a\nb"}
     with pytest.raises(ValueError, match="Invalid header value") as ours:
-        request_head("POST", "/v1/events", "h", bad)
+        request_head("POST", "/v1/events", "h", 80, bad)
     with pytest.raises(ValueError) as theirs:
         _sent_by_http_client("h", 80, bad, b"{}")
     assert str(ours.value) == str(theirs.value)
     with pytest.raises(ValueError, match="Invalid header name"):
-        request_head("POST", "/v1/events", "h", {"Bad Name:": "v"})
+        request_head("POST", "/v1/events", "h", 80, {"Bad Name:": "v"})
 
 
 def _answer_from(*parts: bytes, close: bool = True):

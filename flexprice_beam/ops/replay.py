@@ -29,8 +29,8 @@ from flexprice_beam.core.live import SAMPLE
 from flexprice_beam.io.api import ApiClient, FlexpriceAuthError
 from flexprice_beam.io.dead_letter import encode_dead_letter, lock_file
 from flexprice_beam.io.dead_letter_files import is_local, letter_files, read_file, write_atomically
-from flexprice_beam.io.flexprice.executor import deliver
-from flexprice_beam.io.flexprice.sink import delivery_dead_letter, executor_for
+from flexprice_beam.io.flexprice.executor import deliver, executor_for
+from flexprice_beam.io.flexprice.sink import delivery_dead_letter
 from flexprice_beam.io.readback import read_back
 from flexprice_beam.transforms.batches import BatchBuffer
 from flexprice_beam.transforms.validate import InvalidEvent, Prepared, prepare

@@ -1,12 +1,10 @@
 """``Executor``: every request to Flexprice, first attempts and retries alike, from one thread.
 
-Why one thread: with a thread per request every answer has to win the GIL back from the
-bundle thread, and those hand-offs cost more CPU than the HTTP itself (docs/benchmarks.md).
-The caller submits batches and calls ``poll`` between elements: it starts what the limit and
-the process's Retry-After allow, reads the answers that are readable and carries out
-``policy.decide``'s action (accept, retry later, split into halves, dead-letter, stop).  A
-batch comes back from ``poll`` as one ``Outcome`` once each of its events is accepted or
-dead-lettered.  Per-event log lines follow the seed (every event at DEBUG, a sample at INFO).
+One thread, because a thread per request makes every answer win the GIL back from the bundle
+thread, and those hand-offs cost more CPU than the HTTP itself (docs/benchmarks.md).  The caller
+submits batches and calls ``poll`` between elements: it starts what the limit and the Retry-After
+allow, reads what answered and carries out ``policy.decide``'s action.  A batch comes back from
+``poll`` as one ``Outcome`` once each of its events is accepted or dead-lettered.
 """
 
 from __future__ import annotations
@@ -20,11 +18,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.logs import Sampler, log_events
 from flexprice_beam.core.shutdown import STOP
-from flexprice_beam.io.flexprice.concurrency import AdaptiveLimit, FixedLimit, Gate, Throttle
-from flexprice_beam.io.flexprice.policy import Action, FlexpriceAuthError, Kind, RetryPolicy, decide
-from flexprice_beam.io.flexprice.transport import BULK_PATH, SINGLE_PATH, Transport, bulk_of
+from flexprice_beam.io.flexprice import policy
+from flexprice_beam.io.flexprice.policy import Action, FlexpriceAuthError, Gate, Kind, decide
+from flexprice_beam.io.flexprice.transport import BULK_PATH, SINGLE_PATH, HttpTransport, Transport, bulk_of
 from flexprice_beam.transforms.batches import Packed
 from flexprice_beam.transforms.validate import Prepared
 
@@ -47,9 +46,8 @@ class Delivery:
 
 @dataclass
 class Outcome:
-    """One submitted batch's results and costs, for metrics on the caller's thread. Accepted
-    events stay packed (an object per event costs more than the HTTP request at 200k
-    events/s); only failures get a ``Delivery`` each."""
+    """One submitted batch's results and costs, for metrics on the caller's thread.  Accepted
+    events stay packed (an object each costs more than the HTTP request); failures get one."""
 
     accepted: list[Packed] = field(default_factory=list)
     failed: list[Delivery] = field(default_factory=list)
@@ -84,8 +82,9 @@ class Executor:
     """Non-blocking delivery over one ``Transport``; ``poll`` does the work.  Thread-safe
     (a lock), but meant to be driven by one thread at a time."""
 
-    def __init__(self, transport: Transport, retry: RetryPolicy, limit: FixedLimit | AdaptiveLimit,
-                 throttle: Throttle, single: bool = False):
+    def __init__(self, transport: Transport, retry: policy.RetryPolicy,
+                 limit: policy.FixedLimit | policy.AdaptiveLimit, throttle: policy.Throttle,
+                 single: bool = False):
         self.transport = transport
         self.retry = retry
         self.limit = limit
@@ -253,6 +252,13 @@ class Executor:
         if out.open == 0:
             self.pending -= 1
             self._done.append(out)
+
+
+def executor_for(cfg: FlexpriceOutput, transport: Transport | None = None) -> Executor:
+    """The engine for ``cfg``, with the process's limit and throttle."""
+    return Executor(transport or HttpTransport(cfg), policy.RetryPolicy.from_config(cfg.retry),
+                    policy.process_limit(cfg), policy.process_throttle(cfg),
+                    single=cfg.mode == "single")
 
 
 def deliver(executor: Executor, batches: list[list[Prepared]]) -> list[Outcome]:

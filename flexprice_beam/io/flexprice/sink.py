@@ -1,10 +1,9 @@
 """``WriteToFlexprice``: the batched Flexprice sink.
 
 Lists of prepared events are cut into API batches by count, bytes or age and handed to the
-``Executor``, which keeps up to ``max_in_flight`` requests per process in flight while the
-bundle thread carries on.  A bundle only finishes once every batch it took was accepted or
-dead-lettered: so a checkpoint (and Kafka offset commit) never runs ahead of Flexprice.
-Metrics are counted on the bundle thread, where Beam's metric container lives.
+``Executor``.  A bundle finishes only once every batch it took was accepted or dead-lettered,
+so a checkpoint (and Kafka offset commit) never runs ahead of Flexprice.  Metrics are counted
+on the bundle thread, where Beam's metric container lives.
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ from flexprice_beam.core.config import FlexpriceOutput
 from flexprice_beam.core.events import dead_letter
 from flexprice_beam.core.offsets import TRACKER as OFFSETS
 from flexprice_beam.core.offsets import Partition
-from flexprice_beam.io.flexprice.concurrency import process_limit, process_throttle
-from flexprice_beam.io.flexprice.executor import Delivery, Executor, Outcome
-from flexprice_beam.io.flexprice.policy import FlexpriceAuthError, RetryPolicy
-from flexprice_beam.io.flexprice.transport import HttpTransport, Transport
+from flexprice_beam.io.flexprice.executor import Delivery, Outcome, executor_for
+from flexprice_beam.io.flexprice.policy import FlexpriceAuthError
+from flexprice_beam.io.flexprice.transport import Transport
 from flexprice_beam.transforms.batches import BatchBuffer, positions
 from flexprice_beam.transforms.mapping import DEAD_LETTER
 from flexprice_beam.transforms.validate import Prepared
@@ -40,12 +38,6 @@ _PENDING_WHILE_THROTTLED = 2  # the probe's batch and the next one
 def delivery_dead_letter(d: Delivery) -> dict:
     return dead_letter("delivery", d.reason or "rejected", record=d.item.record,
                        event=d.item.event, status=d.status)
-
-
-def executor_for(cfg: FlexpriceOutput, transport: Transport | None = None) -> Executor:
-    """The engine for ``cfg``, with the process's limit and throttle."""
-    return Executor(transport or HttpTransport(cfg), RetryPolicy.from_config(cfg.retry),
-                    process_limit(cfg), process_throttle(cfg), single=cfg.mode == "single")
 
 
 @dataclass(slots=True)
@@ -213,14 +205,13 @@ class _FlexpriceSinkFn(beam.DoFn):
         yield Delivered.of(outcome)
 
 
+@dataclass
 class WriteResult:
     """As BigQuery's: ``deliveries`` (one ``Delivered`` per API batch) and ``failed`` (dead
     letters); None where a sink (a dry run, a no-op) has no such output."""
 
-    def __init__(self, deliveries: beam.PCollection | None = None,
-                 failed: beam.PCollection | None = None):
-        self.deliveries = deliveries
-        self.failed = failed
+    deliveries: beam.PCollection | None = None
+    failed: beam.PCollection | None = None
 
 
 class WriteToFlexprice(beam.PTransform):

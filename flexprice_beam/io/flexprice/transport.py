@@ -1,44 +1,24 @@
-"""``HttpTransport``: requests to Flexprice on keep-alive ``http.client`` connections.
+"""``HttpTransport``: requests to one Flexprice endpoint on keep-alive ``http.client`` connections.
 
-It reports what happened (an ``Answer``) and decides nothing (``policy.decide`` does).
-``send`` writes a request and returns, ``ready`` says which answers can be read (or timed
-out), ``read`` reads one; ``request`` is the three in a row.  Kept from ``requests`` (io/api.py):
-certifi or ``REQUESTS_CA_BUNDLE``, ``HTTPS_PROXY``/``NO_PROXY``, stale connections replaced.
-
-Why not ``requests``: a bulk POST costs ~10x its Python there, on the pipeline's own thread.
-Why not ``http.client``'s ``request()``/``getresponse()`` either: ~70 µs more per 500-event
-request (every header checked and formatted again; an ``email.parser`` pass and a buffered
-reader per answer), ~2 % of the pipeline.  So http.client only opens the connections (TLS,
-proxy tunnels); a head built once frames each request and httptools (llhttp, Node.js's
-parser) reads the answers (docs/benchmarks.md, "HTTP framing").
+It reports what happened (an ``Answer``) and decides nothing (``policy.decide`` does): ``send``
+writes a request and returns, ``ready`` says which answers can be read (or timed out), ``read``
+reads one.  What ``requests`` gave is kept: certifi or ``REQUESTS_CA_BUNDLE``, ``HTTPS_PROXY``/
+``NO_PROXY``, stale connections replaced; ``requests`` itself costs ~10x the Python per bulk POST,
+on the pipeline's own thread (docs/benchmarks.md).  The bytes go through ``io/http1.py``.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
-import re
-import select
 import selectors
-import socket
 import ssl
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
-
-import httptools
+from urllib.parse import urlsplit
 
 from flexprice_beam.core.config import MAX_BODY_BYTES, FlexpriceOutput
-from flexprice_beam.io.api import (
-    check_transport,
-    describe_error,
-    redact,
-    request_headers,
-    secret_values,
-    ssl_context,
-)
+from flexprice_beam.io import api, http1
 from flexprice_beam.io.flexprice.policy import Answer, parse_retry_after
 from flexprice_beam.io.secrets import resolve_api_key
 
@@ -85,27 +65,24 @@ class HttpTransport:
     """Requests to one Flexprice endpoint; single-threaded (one per executor)."""
 
     def __init__(self, cfg: FlexpriceOutput):
-        check_transport(cfg)  # plain http only to this machine (InsecureTransportError)
+        api.check_transport(cfg)  # plain http only to this machine (InsecureTransportError)
         self.base_url = cfg.base_url
         parts = urlsplit(self.base_url)
         self._timeout = cfg.timeout
         key = resolve_api_key(cfg)  # on the worker, in the sink's setup()
-        self._headers = request_headers(cfg, key)
+        self._headers = api.request_headers(cfg, key)
         self.environment_id = cfg.environment_id
-        self._secrets = secret_values(cfg, key)  # redacted from every error text
+        self._secrets = api.secret_values(cfg, key)  # redacted from every error text
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
-        self._ssl = ssl_context(verify=not cfg.skip_cert_verify) if self._https else None
-        self._proxy = proxy_for(parts.scheme, self._host)
+        self._ssl = api.ssl_context(verify=not cfg.skip_cert_verify) if self._https else None
+        self._proxy = http1.proxy_for(parts.scheme, self._host)
         # Through a plain-http proxy the request line names the whole URL; https tunnels.
         self._prefix = self.base_url if self._proxy and not self._https else ""
         if self._prefix:
             self._headers.update(self._proxy[2])
-        # Host as http.client names it: the URL's through a plain proxy, else the target's
-        self._host_header = parts.netloc if self._prefix else host_header(
-            self._host, self._port, 443 if self._https else 80)
-        self._heads: dict[tuple[str, str], Head] = {}
+        self._heads: dict[tuple[str, str], http1.Head] = {}
         self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (conn, idle since)
         self._busy: dict[int, Exchange] = {}
         self._done: list[Exchange] = []
@@ -122,7 +99,7 @@ class HttpTransport:
         try:
             if conn.sock is None:
                 conn.connect()  # TCP, TLS, the proxy's tunnel: http.client's
-            conn.sock.sendall(framed(self._head(method, path), body or b""))
+            conn.sock.sendall(http1.framed(self._head(method, path), body or b""))
         except _ERRORS as exc:
             ex.answer = self._early_answer(conn, exc, body, ex.started)
             conn.close()
@@ -132,12 +109,13 @@ class HttpTransport:
         self._selector.register(conn.sock, selectors.EVENT_READ)
         return ex
 
-    def _head(self, method: str, path: str) -> Head:
+    def _head(self, method: str, path: str) -> http1.Head:
         """Built once per request line; a header http.client refuses fails each send as there."""
         head = self._heads.get((method, path))
         if head is None:
-            head = self._heads[method, path] = request_head(
-                method, self._prefix + path, self._host_header, self._headers)
+            head = self._heads[method, path] = http1.request_head(
+                method, self._prefix + path, self._host, self._port, self._headers,
+                443 if self._https else 80)
         return head
 
     def ready(self, timeout: float) -> list[Exchange]:
@@ -162,7 +140,7 @@ class HttpTransport:
             return ex.answer
         conn = ex.conn
         try:
-            reply = read_reply(conn.sock)
+            reply = http1.read_reply(conn.sock)
         except _ERRORS as exc:
             conn.close()  # possibly half-dead: the next call opens a fresh one
             return self._failed(exc, ex.started)
@@ -199,13 +177,12 @@ class HttpTransport:
         self._done.clear()
 
     def _connection(self, recheck: float) -> http.client.HTTPConnection:
-        # A connection answered less than ``recheck`` ago is reused without asking the kernel:
-        # the zero-timeout select() gives the GIL away, stalling the bundle thread behind the
-        # gRPC reader (a quarter of the collector's samples on Prism). If the server closed
-        # it anyway, the send fails and is retried like any connection error.
+        # Reused without asking the kernel if answered less than ``recheck`` ago: select()
+        # gives the GIL away (a quarter of the samples on Prism). A dropped one fails the send,
+        # retried like any connection error.
         while self._idle:
             conn, since = self._idle.pop()
-            if time.monotonic() - since < recheck or not dropped(conn):
+            if time.monotonic() - since < recheck or not http1.dropped(conn):
                 return conn
             conn.close()
         # a new one (it connects on first use), to the proxy if there is one
@@ -227,165 +204,31 @@ class HttpTransport:
                 and conn.sock is not None:
             try:
                 conn.sock.settimeout(min(self._timeout, 2.0))  # the peer has hung up already
-                return _answer(read_reply(conn.sock), started)
+                return _answer(http1.read_reply(conn.sock), started)
             except _ERRORS:
                 pass
         if isinstance(exc, OSError) and body is not None and len(body) > MAX_BODY_BYTES:
-            return Answer(400, "", error=self._redact(describe_error(exc, self.base_url)),
+            return Answer(400, "", error=self._redact(api.describe_error(exc, self.base_url)),
                           latency=time.monotonic() - started,
                           note=f"the connection broke while sending a {len(body)}-byte body, "
                                f"over Flexprice's {MAX_BODY_BYTES}-byte cap (an oversize 400)")
         return self._failed(exc, started)
 
     def _failed(self, exc: BaseException, started: float) -> Answer:
-        if isinstance(exc, ValueError):  # http.client refuses a header value it cannot send
-            text = f"InvalidHeader: {exc}"
-        else:
-            text = describe_error(exc, self.base_url)
-        # a certificate that does not verify (http.client raises ssl's own error): retrying
-        # cannot help, and must not be hidden
+        # ValueError: http.client refuses a header value it cannot send
+        text = f"InvalidHeader: {exc}" if isinstance(exc, ValueError) \
+            else api.describe_error(exc, self.base_url)
+        # no retry can cure a certificate that does not verify, or a proxy's 407
         fatal = "certificate" if isinstance(exc, ssl.SSLCertVerificationError) \
-            else "proxy" if _proxy_refused(exc) else None
+            else "proxy" if http1.proxy_refused(exc) else None
         return Answer(None, "", error=self._redact(text), latency=time.monotonic() - started,
                       fatal=fatal)
 
     def _redact(self, text: str) -> str:
-        """Error texts end up in logs and dead letters: never with a secret in them
-        (http.client quotes a header value it cannot send, e.g. a key with a newline)."""
-        return redact(text, self._secrets)
+        """Error texts go to logs and dead letters, never with a secret (a refused header's)."""
+        return api.redact(text, self._secrets)
 
 
-def _answer(reply: Reply, started: float) -> Answer:
+def _answer(reply: http1.Reply, started: float) -> Answer:
     return Answer(reply.status, reply.body.decode("utf-8", "replace"),
                   parse_retry_after(reply.retry_after), latency=time.monotonic() - started)
-
-
-def dropped(conn: http.client.HTTPConnection) -> bool:
-    """The peer closed an idle keep-alive connection (readable with nothing asked: EOF)."""
-    sock = conn.sock
-    if sock is None:
-        return False
-    try:
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
-
-
-def proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
-    """``(host, port, headers)`` of the proxy the environment names for this URL, if any."""
-    proxy = urllib.request.getproxies().get(scheme)
-    if not proxy or urllib.request.proxy_bypass(host):
-        return None
-    p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    headers = {}
-    if p.username:
-        cred = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(cred).decode()
-    return p.hostname or "", p.port or 8080, headers
-
-
-def _proxy_refused(exc: BaseException) -> bool:
-    """The HTTPS proxy answered CONNECT with 407: wrong or missing proxy credentials."""
-    return isinstance(exc, OSError) and str(exc).startswith("Tunnel connection failed: 407")
-
-
-# ---------------------------------------------------------------- the bytes of an exchange
-
-_LEGAL_NAME = re.compile(rb"[^:\s][^:\r\n]*").fullmatch  # http.client's putheader rules
-_ILLEGAL_VALUE = re.compile(rb"\n(?![ \t])|\r(?![ \t\n])").search
-
-
-def host_header(host: str, port: int, default_port: int) -> str:
-    """``Host`` as http.client writes it: IPv6 in brackets without its zone, no default port."""
-    host = f"[{host.split('%', 1)[0]}]" if ":" in host else host
-    return host if port == default_port else f"{host}:{port}"
-
-
-#: a request's head, split around its Content-Length value (``framed`` puts it in)
-Head = tuple[bytes, bytes]
-
-
-def request_head(method: str, target: str, host: str, headers: dict[str, str]) -> Head:
-    """``(before, after)`` the Content-Length value: the bytes http.client sends, in its order;
-    a header it refuses raises its ``ValueError``. ``host`` as http.client names it."""
-    names = {k.lower() for k in headers}
-    lines = [f"{method} {target} HTTP/1.1".encode("ascii")]
-    if "host" not in names:
-        lines.append(b"Host: " + host.encode("ascii" if host.isascii() else "idna"))
-    if "accept-encoding" not in names:
-        lines.append(b"Accept-Encoding: identity")
-    after = b""
-    for name, value in headers.items():
-        raw_name, raw_value = name.encode("ascii"), value.encode("latin-1")
-        if not _LEGAL_NAME(raw_name):
-            raise ValueError(f"Invalid header name {raw_name!r}")
-        if _ILLEGAL_VALUE(raw_value):
-            raise ValueError(f"Invalid header value {raw_value!r}")
-        after += raw_name + b": " + raw_value + b"\r\n"
-    return b"\r\n".join(lines) + b"\r\nContent-Length: ", after + b"\r\n"
-
-
-def framed(head: Head, body: bytes) -> bytes:
-    """A request as one write: one copy of ``body``, one syscall."""
-    return b"".join((head[0], b"%d\r\n" % len(body), head[1], body))
-
-
-@dataclass(slots=True)
-class Reply:
-    status: int
-    body: bytes
-    retry_after: str | None  # repeated headers joined with ", ", as http.client does
-    keep_alive: bool
-
-
-class _Parse:
-    """httptools' callbacks for one answer; 1xx interim answers are skipped."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.on_message_begin()
-
-    def on_message_begin(self) -> None:  # again after a 1xx: 100 Continue, 103 Early Hints
-        self.retry_after: list[bytes] = []
-        self.chunks: list[bytes] = []
-        self.status = 0  # set once the headers are in
-        self.done = self.keep_alive = self.sized = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        low = name.lower()
-        if low == b"retry-after":
-            self.retry_after.append(value)
-        self.sized |= low in (b"content-length", b"transfer-encoding")  # else: ends at EOF
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        self.done = self.status >= 200
-
-
-def read_reply(sock: socket.socket) -> Reply:
-    """One answer from ``sock`` (its timeout bounds each read), or what http.client raises:
-    ``RemoteDisconnected``, ``IncompleteRead``, ``HTTPException``, the socket's errors."""
-    p, seen = _Parse(), False
-    while not p.done:
-        data = sock.recv(65536)
-        if not data:
-            if p.status and not p.sized:  # the body ends where the connection does
-                p.done, p.keep_alive = True, False
-                break
-            if not seen:
-                raise http.client.RemoteDisconnected("Remote end closed connection without "
-                                                     "response")
-            raise http.client.IncompleteRead(b"".join(p.chunks))
-        seen = True
-        try:
-            p.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            raise http.client.HTTPException(f"malformed answer: {exc}") from None
-    text = b", ".join(p.retry_after).decode("latin-1") if p.retry_after else None
-    return Reply(p.status, b"".join(p.chunks), text, p.keep_alive)
