@@ -75,7 +75,7 @@ def summary(side: str, logs: list[str]) -> list[str]:
             p1 = [a / b for a, b in zip(r["flex0"], r["noop"], strict=True)]
             parts.append(f"(P1 repeats {min(p1):.2f}-{max(p1):.2f})")
         rates_ = ", ".join(f"{k} {v:,.0f}" for k, v in med.items())
-        rows.append(f"{side}: {len(next(iter(r.values())))} repeats; {'  '.join(parts)}; "
+        rows.append(f"{side}: {max(map(len, r.values()))} repeats; {'  '.join(parts)}; "
                     f"events/s {rates_}")
     for text in logs:
         if m := P4.search(text):

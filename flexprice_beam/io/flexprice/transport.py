@@ -75,7 +75,8 @@ class HttpTransport:
         self._secrets = api.secret_values(cfg, key)  # redacted from every error text
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
+        self._default_port = 443 if self._https else 80  # no ":443" in Host for https
+        self._port = parts.port or self._default_port
         self._ssl = api.ssl_context(verify=not cfg.skip_cert_verify) if self._https else None
         self._proxy = http1.proxy_for(parts.scheme, self._host)
         # Through a plain-http proxy the request line names the whole URL; https tunnels.
@@ -115,7 +116,7 @@ class HttpTransport:
         if head is None:
             head = self._heads[method, path] = http1.request_head(
                 method, self._prefix + path, self._host, self._port, self._headers,
-                443 if self._https else 80)
+                self._default_port)
         return head
 
     def ready(self, timeout: float) -> list[Exchange]:
